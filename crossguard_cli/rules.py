@@ -1,0 +1,321 @@
+"""Rules files: the schema, loading, and validation with file:line errors.
+
+A rules file is written by hand and read by a guardrail, so a mistake in it must never pass
+silently: a typo'd key would otherwise disable a threshold, and a duplicate key would quietly
+override one. Every problem is a `RulesError` whose `where` is `FILE:LINE` and whose message
+starts with the field path (`rules[2].threshold: ...`), so the CLI can print one line that
+says exactly what to fix. Nothing here imports torch: `crossguard validate` must stay fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from crossguard_cli.errors import RulesError
+from crossguard_cli.yamlsafe import LineDict, LineList, YamlSyntaxError, load_yaml
+
+__all__ = [
+    "DEFAULT_RULES_SOURCE", "LABELS", "MODES", "Rule", "RuleSet", "check_hypothesis_lengths",
+    "default_rules_path", "load_rules", "parse_rules", "summarize",
+]
+
+LABELS = ("entailment", "neutral", "contradiction")
+MODES = ("guard", "route")
+DEFAULT_RULES_SOURCE = "<default rules>"
+
+_TOP_KEYS = ("version", "model", "mode", "defaults", "rules")
+_DEFAULT_KEYS = ("threshold", "label", "margin")
+_RULE_KEYS = ("name", "hypothesis", "hypotheses", "label", "threshold", "margin", "description")
+_BUILTIN_DEFAULTS: dict[str, Any] = {"threshold": 0.5, "label": "entailment", "margin": 0.0}
+_NAME_RE = re.compile(r"[a-z0-9_-]+")
+_NO_RULES = "no rules: add at least one rule under 'rules'"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One rule: fires when its deciding label's probability reaches `threshold`.
+
+    The rule's score is that of its highest-scoring hypothesis. `line` and `hypothesis_lines`
+    let later checks (hypothesis length needs the model's tokenizer) still point at the file;
+    `hypothesis_key` says which key the file used, so those messages name the right field.
+    """
+
+    name: str
+    hypotheses: tuple[str, ...]
+    label: str = "entailment"
+    threshold: float = 0.5
+    margin: float = 0.0
+    description: str | None = None
+    line: int | None = None
+    hypothesis_lines: tuple[int | None, ...] = ()
+    hypothesis_key: str = "hypotheses"
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    """A validated rules file. `source` is the path as the user gave it, for messages."""
+
+    rules: tuple[Rule, ...]
+    mode: str = "guard"
+    model: str | None = None
+    version: int = 1
+    source: str = DEFAULT_RULES_SOURCE
+
+    def with_threshold(self, threshold: float) -> RuleSet:
+        """Return a copy in which every rule uses `threshold` (the `--threshold` option)."""
+        if isinstance(threshold, bool) or not 0.0 <= float(threshold) <= 1.0:
+            raise ValueError(f"threshold must be between 0 and 1, got {threshold!r}")
+        rules = tuple(dataclasses.replace(r, threshold=float(threshold)) for r in self.rules)
+        return dataclasses.replace(self, rules=rules)
+
+    @property
+    def hypotheses(self) -> tuple[str, ...]:
+        """Every distinct hypothesis in file order: each is scored once per prompt, however
+        many rules share it."""
+        return tuple(dict.fromkeys(h for rule in self.rules for h in rule.hypotheses))
+
+
+def default_rules_path() -> Path:
+    """The packaged default rules (the same file as the repository's `rules.example.yaml`)."""
+    return Path(__file__).resolve().parent / "data" / "default_rules.yaml"
+
+
+def load_rules(path: str | os.PathLike[str] | None) -> RuleSet:
+    """Read and validate a rules file; None means the packaged default rules.
+
+    Raises:
+        RulesError: the file cannot be read, is not UTF-8, or does not validate.
+    """
+    if path is None:
+        file, source = default_rules_path(), DEFAULT_RULES_SOURCE
+    else:
+        file, source = Path(os.fspath(path)), os.fspath(path)
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        raise RulesError(f"cannot read rules file: {exc.strerror or exc}", where=source) from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise RulesError(
+            f"cannot read rules file: not UTF-8 text (byte 0x{data[exc.start]:02x}); save it as UTF-8",
+            where=f"{source}:{line}",
+        ) from None
+    return parse_rules(text, source)
+
+
+def parse_rules(text: str, source: str) -> RuleSet:
+    """Validate the YAML text of a rules file; `source` names it in error messages.
+
+    Raises:
+        RulesError: the first problem, as `source:line` and `field: what to fix`.
+    """
+    try:
+        data, line = load_yaml(text)
+    except YamlSyntaxError as exc:
+        problem = exc.problem
+        if "mapping values are not allowed" in problem:
+            problem += "; put text that contains ': ' in quotes"
+        where = f"{source}:{exc.line}" if exc.line else source
+        raise RulesError(f"invalid YAML: {problem}", where=where) from None
+    return _Checker(source).ruleset(data, line)
+
+
+def check_hypothesis_lengths(ruleset: RuleSet, count_tokens: Callable[[str], int], limit: int) -> None:
+    """Fail on the first hypothesis longer than `limit` tokens.
+
+    Hypotheses are never cut (a cut hypothesis asks a different question), so one that leaves
+    no room for the prompt is an error in the rules file, reported at its line.
+    """
+    for i, rule in enumerate(ruleset.rules):
+        for j, hypothesis in enumerate(rule.hypotheses):
+            n = count_tokens(hypothesis)
+            if n <= limit:
+                continue
+            key = rule.hypothesis_key
+            field = f"rules[{i}].{key}[{j}]" if key == "hypotheses" else f"rules[{i}].{key}"
+            line = rule.hypothesis_lines[j] if j < len(rule.hypothesis_lines) else rule.line
+            raise RulesError(
+                f"{field}: hypothesis is {n} tokens; at most {limit} fit with the model's max length; "
+                "shorten it",
+                where=f"{ruleset.source}:{line}" if line else ruleset.source,
+            )
+
+
+def summarize(ruleset: RuleSet) -> list[dict[str, Any]]:
+    """One row per rule, for `crossguard validate` to print."""
+    return [
+        {"name": r.name, "label": r.label, "threshold": r.threshold, "margin": r.margin,
+         "hypotheses": len(r.hypotheses)}
+        for r in ruleset.rules
+    ]
+
+
+def _show(value: Any) -> str:
+    """A value as the user wrote it in YAML, for 'got ...' in messages."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, (LineDict, LineList)):
+        return "a mapping" if isinstance(value, dict) else "a list"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _did_you_mean(word: Any, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(str(word).lower(), choices, n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else f"; expected one of: {', '.join(choices)}"
+
+
+class _Checker:
+    """Validates the loaded YAML; every method raises the first problem as a RulesError."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def error(self, line: int | None, field: str, message: str) -> RulesError:
+        return RulesError(f"{field}: {message}" if field else message,
+                          where=f"{self.source}:{line}" if line else self.source)
+
+    def mapping(self, value: Any, field: str, line: int, allowed: Sequence[str], what: str) -> LineDict:
+        if not isinstance(value, LineDict):
+            raise self.error(line, field, f"must be {what}, got {_show(value)}")
+        if value.duplicates:
+            key, first, again = value.duplicates[0]
+            raise self.error(again, field, f"duplicate key '{key}' (lines {first} and {again}); keep one")
+        for key in value:
+            if key not in allowed:
+                hint = _did_you_mean(key, allowed)
+                if not field and key in _DEFAULT_KEYS:
+                    hint = f"; put it under 'defaults:' or in a rule (top-level keys: {', '.join(allowed)})"
+                name = f"{field}.{key}" if field else str(key)
+                raise self.error(value.key_lines[key], name, f"unknown key{hint}")
+        return value
+
+    def choice(self, value: Any, field: str, line: int, choices: Sequence[str]) -> str:
+        word = value.strip().lower() if isinstance(value, str) else ""
+        if word in choices:
+            return word
+        close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6) if word else []
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise self.error(line, field, f"must be one of {', '.join(choices)}, got {_show(value)}{hint}")
+
+    def probability(self, value: Any, field: str, line: int, *, below_one: bool = False) -> float:
+        bounds = "at least 0 and less than 1" if below_one else "between 0 and 1"
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.error(line, field, f"must be a number {bounds}, got {_show(value)}")
+        number = float(value)
+        if number >= 0.0 and (number < 1.0 if below_one else number <= 1.0):
+            return number
+        percent = 1 < number <= 100 and number.is_integer()  # 80 most likely meant 80%
+        hint = f"; write a probability, e.g. {number / 100:g} for {number:g}%" if percent else ""
+        raise self.error(line, field, f"must be {bounds}, got {_show(value)}{hint}")
+
+    def text(self, value: Any, field: str, line: int) -> str:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise self.error(line, field, "must not be empty")
+        if not isinstance(value, str):
+            raise self.error(line, field, f"must be a string, got {_show(value)}; put it in quotes")
+        return value.strip()
+
+    def settings(self, block: LineDict, field: str, inherited: dict[str, Any]) -> dict[str, Any]:
+        """threshold / label / margin of `block`, falling back to `inherited`."""
+        out = dict(inherited)
+        for key in (k for k in _DEFAULT_KEYS if k in block):
+            value, path, line = block[key], f"{field}.{key}", block.key_lines[key]
+            if key == "label":
+                out[key] = self.choice(value, path, line, LABELS)
+            else:
+                out[key] = self.probability(value, path, line, below_one=key == "margin")
+        return out
+
+    def ruleset(self, data: Any, line: int) -> RuleSet:
+        if data is None:
+            raise self.error(line, "", _NO_RULES)
+        top = self.mapping(data, "", line, _TOP_KEYS, "a mapping with a 'rules' list at the top level")
+        lines = top.key_lines
+        version = top.get("version", 1)
+        if type(version) is not int or version != 1:
+            raise self.error(lines.get("version"), "version", f"must be 1, got {_show(version)}")
+        model = top.get("model")
+        if "model" in top and (not isinstance(model, str) or not model.strip()):
+            raise self.error(lines["model"], "model", f"must be a model id or path, got {_show(model)}; "
+                             "remove the key to use the default model")
+        mode = self.choice(top["mode"], "mode", lines["mode"], MODES) if "mode" in top else "guard"
+        defaults = dict(_BUILTIN_DEFAULTS)
+        if "defaults" in top:
+            block = self.mapping(top["defaults"], "defaults", lines["defaults"], _DEFAULT_KEYS,
+                                 "a mapping of threshold, label and margin")
+            defaults = self.settings(block, "defaults", defaults)
+        items = top.get("rules")
+        if items is None or (isinstance(items, LineList) and not items):
+            raise self.error(lines.get("rules", line), "", _NO_RULES)
+        if not isinstance(items, LineList):
+            raise self.error(lines["rules"], "rules", f"must be a list of rules (each item starts "
+                             f"with '- name:'), got {_show(items)}")
+        seen: dict[str, tuple[int, int]] = {}
+        rules = tuple(self.rule(i, item, item_line, defaults, seen)
+                      for i, (item, item_line) in enumerate(zip(items, items.item_lines, strict=True)))
+        return RuleSet(rules=rules, mode=mode, model=model.strip() if model else None, source=self.source)
+
+    def rule(self, i: int, item: Any, line: int, defaults: dict[str, Any],
+             seen: dict[str, tuple[int, int]]) -> Rule:
+        field = f"rules[{i}]"
+        r = self.mapping(item, field, line, _RULE_KEYS, "a mapping with 'name' and 'hypothesis'")
+        if "name" not in r:
+            raise self.error(line, field, "missing 'name'; give the rule a unique name like 'weapons'")
+        name, name_line = r["name"], r.key_lines["name"]
+        if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+            fixed = re.sub(r"[^a-z0-9_-]+", "-", str(name).strip().lower()).strip("-")
+            hint = f"; did you mean '{fixed}'?" if isinstance(name, str) and fixed else ""
+            raise self.error(name_line, f"{field}.name", f"must use only lowercase letters, digits, "
+                             f"'-' and '_', got {_show(name)}{hint}")
+        if name in seen:
+            j, first = seen[name]
+            raise self.error(name_line, f"{field}.name", f"duplicate rule name '{name}' (also rules[{j}] "
+                             f"at line {first}); names must be unique")
+        seen[name] = (i, name_line)
+        hypotheses = self.hypotheses(r, field, line)
+        description = r.get("description")
+        if description is not None and not isinstance(description, str):
+            raise self.error(r.key_lines["description"], f"{field}.description",
+                             f"must be a string, got {_show(description)}; put it in quotes")
+        description = description.strip() or None if description else None
+        settings = self.settings(r, field, defaults)
+        return Rule(name=name, hypotheses=tuple(h for h, _ in hypotheses),
+                    label=settings["label"], threshold=settings["threshold"], margin=settings["margin"],
+                    description=description, line=line,
+                    hypothesis_lines=tuple(n for _, n in hypotheses),
+                    hypothesis_key="hypothesis" if "hypothesis" in r else "hypotheses")
+
+    def hypotheses(self, r: LineDict, field: str, line: int) -> list[tuple[str, int]]:
+        if "hypothesis" in r and "hypotheses" in r:
+            later = max(r.key_lines["hypothesis"], r.key_lines["hypotheses"])
+            raise self.error(later, field, "has both 'hypothesis' and 'hypotheses'; keep one "
+                             "(list several under 'hypotheses')")
+        if "hypothesis" in r:
+            value, key_line = r["hypothesis"], r.key_lines["hypothesis"]
+            if isinstance(value, LineList):
+                raise self.error(key_line, f"{field}.hypothesis", "must be a string; for several, "
+                                 "use 'hypotheses:' with a list")
+            return [(self.text(value, f"{field}.hypothesis", key_line), key_line)]
+        if "hypotheses" not in r:
+            raise self.error(line, field, "missing 'hypothesis' (or 'hypotheses', a list); add a "
+                             "statement about the prompt, like 'The prompt asks for ...'")
+        value, key_line = r["hypotheses"], r.key_lines["hypotheses"]
+        if not isinstance(value, LineList):
+            hint = "; for a single one, use 'hypothesis:'" if isinstance(value, str) else ""
+            raise self.error(key_line, f"{field}.hypotheses", f"must be a list of strings, got "
+                             f"{_show(value)}{hint}")
+        if not value:
+            raise self.error(key_line, f"{field}.hypotheses", "must not be empty; add at least one")
+        return [(self.text(h, f"{field}.hypotheses[{j}]", n), n)
+                for j, (h, n) in enumerate(zip(value, value.item_lines, strict=True))]
