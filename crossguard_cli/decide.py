@@ -1,0 +1,68 @@
+"""From probabilities to decisions: thresholds, margins (abstention) and route mode.
+
+Pure functions, no I/O. Decisions are taken on the percentage exactly as it is printed
+(two decimals), so anyone holding an output record can reproduce its decisions, and a
+threshold tuned by `crossguard eval` on printed scores behaves the same in `batch`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from crossguard_cli.rules import Rule, RuleSet
+
+VERDICTS = ("flagged", "uncertain", "allowed")
+
+
+def percent(p: float) -> float:
+    """A probability as the percentage crossguard prints: 0-100, two decimals."""
+    return round(float(p) * 100.0, 2)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the rules made of one prompt's scores."""
+
+    verdict: str
+    flagged: list[str] = field(default_factory=list)
+    uncertain: list[str] = field(default_factory=list)
+    route: str | None = None
+
+
+def rule_state(rule: Rule, prob: float) -> str:
+    """'fired', 'uncertain' or 'clear' for one rule given its deciding-label probability."""
+    pct = percent(prob)
+    limit = round(rule.threshold * 100.0, 6)
+    if pct >= limit:
+        return "fired"
+    if rule.margin > 0 and limit - pct < round(rule.margin * 100.0, 6):
+        return "uncertain"
+    return "clear"
+
+
+def decide(ruleset: RuleSet, probs: Mapping[str, float]) -> Decision:
+    """Decide a prompt from each rule's deciding-label probability (0-1).
+
+    Args:
+        ruleset: the rules, in file order (order breaks ties in route mode).
+        probs: rule name -> probability of that rule's deciding label.
+
+    Returns:
+        The verdict (`flagged` when any rule fired, else `uncertain` when any rule sits
+        within its margin below the threshold, else `allowed`), the rules in each state,
+        and in route mode the fired rule with the highest probability (first in file on a tie).
+    """
+    flagged, uncertain = [], []
+    route, route_pct = None, -1.0
+    for rule in ruleset.rules:
+        state = rule_state(rule, probs[rule.name])
+        if state == "fired":
+            flagged.append(rule.name)
+            pct = percent(probs[rule.name])
+            if pct > route_pct:
+                route, route_pct = rule.name, pct
+        elif state == "uncertain":
+            uncertain.append(rule.name)
+    verdict = "flagged" if flagged else "uncertain" if uncertain else "allowed"
+    return Decision(verdict, flagged, uncertain, route if ruleset.mode == "route" else None)
