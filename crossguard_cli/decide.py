@@ -36,7 +36,7 @@ def rule_state(rule: Rule, prob: float) -> str:
     limit = round(rule.threshold * 100.0, 6)
     if pct >= limit:
         return "fired"
-    if rule.margin > 0 and limit - pct < round(rule.margin * 100.0, 6):
+    if rule.margin > 0 and round(limit - pct, 6) < round(rule.margin * 100.0, 6):
         return "uncertain"
     return "clear"
 

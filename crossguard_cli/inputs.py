@@ -16,6 +16,7 @@ into several and break line numbers that every other Unix tool agrees on.
 
 from __future__ import annotations
 
+import gzip
 import itertools
 import json
 import os
@@ -163,7 +164,8 @@ def _read_all(
             yield from _read_stream(stream, "stdin", _format_for(None, input_format), field, id_field)
             continue
         try:
-            handle = open(path, "rb")  # noqa: SIM115 - the with below closes it, on close() too
+            # A gzip file is read through gzip, line by line like any other (`data.jsonl.gz`).
+            handle = gzip.open(path, "rb") if path.lower().endswith(".gz") else open(path, "rb")  # noqa: SIM115
         except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
             yield Record(path, None, error=f"cannot open: {_reason(exc)}")
             continue
@@ -175,7 +177,8 @@ def _format_for(path: str | None, input_format: str) -> str | None:
     """The format of `path` when options or its extension tell; None means look at the content."""
     if input_format != "auto":
         return input_format
-    suffix = PurePath(path).suffix.lower() if path is not None else ""
+    pure = PurePath(path.lower()[:-3] if path is not None and path.lower().endswith(".gz") else path or "")
+    suffix = pure.suffix.lower() if path is not None else ""
     if suffix in JSONL_SUFFIXES:
         return "jsonl"
     if suffix in TEXT_SUFFIXES:
@@ -226,7 +229,7 @@ def _raw_lines(stream: BinaryIO, failure: list[BaseException]) -> Iterator[bytes
         while line:
             yield line
             line = stream.readline()
-    except (OSError, ValueError) as exc:  # ValueError: the stream was closed under us
+    except (OSError, ValueError, EOFError) as exc:  # ValueError: closed under us; EOFError: cut gzip
         failure.append(exc)
 
 

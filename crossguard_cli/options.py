@@ -1,0 +1,44 @@
+"""Options shared by the commands (check, batch, eval): one definition, the same help everywhere."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from crossguard_cli import DEFAULT_MODEL
+
+
+def choice(name: str, values: tuple[str, ...]):
+    """A callback that accepts only `values`: a usage error (exit 2, one line) otherwise."""
+    def check(value: str | None) -> str | None:
+        if value is not None and value not in values:
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(values)}", param_hint=name)
+        return value
+
+    return check
+
+
+RulesOpt = Annotated[str | None, typer.Option("--rules", "-r", envvar="CROSSGUARD_RULES", metavar="FILE",
+                     help="Rules file (YAML). [default: the packaged rules, as rules.example.yaml]")]
+ModelOpt = Annotated[str | None, typer.Option("--model", "-m", envvar="CROSSGUARD_MODEL", metavar="ID_OR_PATH",
+                     help=f"Hub id or local folder. [default: rules file 'model:', else {DEFAULT_MODEL}]")]
+RevisionOpt = Annotated[str | None, typer.Option("--revision", help="Hub branch, tag or commit of the model.")]
+DeviceOpt = Annotated[str, typer.Option("--device", envvar="CROSSGUARD_DEVICE",
+                      help="auto, cpu, cuda, cuda:N or mps.")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", callback=choice("--dtype", ("auto", "float32", "float16",
+                     "bfloat16")), help="auto, float32, float16 or bfloat16 (auto: bf16/fp16 on CUDA, fp32 on CPU).")]
+BatchOpt = Annotated[int | None, typer.Option("--batch-size", min=1, help="Pairs per forward pass. "
+                     "[default: chosen per device, by a token budget]")]
+MaxLenOpt = Annotated[int, typer.Option("--max-length", min=16, help="Tokens per (prompt, hypothesis) pair, "
+                      "capped by the model.")]
+MaxCharsOpt = Annotated[int, typer.Option("--max-chars", min=1, help="Characters kept per prompt before "
+                        "tokenising.")]
+ThresholdOpt = Annotated[float | None, typer.Option("--threshold", min=0.0, max=1.0,
+                         help="Override every rule's threshold.")]
+LongOpt = Annotated[str, typer.Option("--long-input", callback=choice("--long-input", ("window", "truncate")),
+                    help="window: score overlapping windows, best wins; truncate: first window only.")]
+BackendOpt = Annotated[str, typer.Option("--backend", callback=choice("--backend", ("torch", "onnx",
+                       "openvino")), help="Inference backend: torch, onnx or openvino.")]
+
+
