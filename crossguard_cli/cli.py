@@ -13,8 +13,22 @@ from typing import Annotated
 
 import typer
 
-from crossguard_cli import DEFAULT_MODEL, __version__
+from crossguard_cli import __version__
 from crossguard_cli.errors import CrossguardError, UsageError
+from crossguard_cli.options import (
+    BackendOpt,
+    BatchOpt,
+    DeviceOpt,
+    DtypeOpt,
+    LongOpt,
+    MaxCharsOpt,
+    MaxLenOpt,
+    ModelOpt,
+    RevisionOpt,
+    RulesOpt,
+    ThresholdOpt,
+    choice,
+)
 
 app = typer.Typer(
     name="crossguard",
@@ -27,42 +41,10 @@ app = typer.Typer(
 )
 
 
-def _choice(name: str, values: tuple[str, ...]):
-    def check(value: str | None) -> str | None:
-        if value is not None and value not in values:
-            raise typer.BadParameter(f"{value!r} is not one of {', '.join(values)}", param_hint=name)
-        return value
-
-    return check
-
-
 def _version(value: bool) -> None:
     if value:
         print(f"crossguard {__version__}")
         raise typer.Exit(0)
-
-
-RulesOpt = Annotated[str | None, typer.Option("--rules", "-r", envvar="CROSSGUARD_RULES", metavar="FILE",
-                     help="Rules file (YAML). [default: the packaged rules, as rules.example.yaml]")]
-ModelOpt = Annotated[str | None, typer.Option("--model", "-m", envvar="CROSSGUARD_MODEL", metavar="ID_OR_PATH",
-                     help=f"Hub id or local folder. [default: rules file 'model:', else {DEFAULT_MODEL}]")]
-RevisionOpt = Annotated[str | None, typer.Option("--revision", help="Hub branch, tag or commit of the model.")]
-DeviceOpt = Annotated[str, typer.Option("--device", envvar="CROSSGUARD_DEVICE",
-                      help="auto, cpu, cuda, cuda:N or mps.")]
-DtypeOpt = Annotated[str, typer.Option("--dtype", callback=_choice("--dtype", ("auto", "float32", "float16",
-                     "bfloat16")), help="auto, float32, float16 or bfloat16 (auto: bf16/fp16 on CUDA, fp32 on CPU).")]
-BatchOpt = Annotated[int | None, typer.Option("--batch-size", min=1, help="Pairs per forward pass. "
-                     "[default: chosen per device, by a token budget]")]
-MaxLenOpt = Annotated[int, typer.Option("--max-length", min=16, help="Tokens per (prompt, hypothesis) pair, "
-                      "capped by the model.")]
-MaxCharsOpt = Annotated[int, typer.Option("--max-chars", min=1, help="Characters kept per prompt before "
-                        "tokenising.")]
-ThresholdOpt = Annotated[float | None, typer.Option("--threshold", min=0.0, max=1.0,
-                         help="Override every rule's threshold.")]
-LongOpt = Annotated[str, typer.Option("--long-input", callback=_choice("--long-input", ("window", "truncate")),
-                    help="window: score overlapping windows, best wins; truncate: first window only.")]
-BackendOpt = Annotated[str, typer.Option("--backend", callback=_choice("--backend", ("torch", "onnx",
-                       "openvino")), help="Inference backend: torch, onnx or openvino.")]
 
 
 @app.callback()
@@ -99,8 +81,9 @@ def check(
     batch_size: BatchOpt = None,
     max_length: MaxLenOpt = 512,
     max_chars: MaxCharsOpt = 50_000,
-    fmt: Annotated[str | None, typer.Option("--format", "-f", callback=_choice("--format", ("table", "jsonl",
-                   "csv", "json")), help="table, json, jsonl or csv. [default: table on a terminal, else json]")] = None,
+    fmt: Annotated[str | None, typer.Option(
+        "--format", "-f", callback=choice("--format", ("table", "jsonl", "csv", "json")),
+        help="table, json, jsonl or csv. [default: table on a terminal, else json]")] = None,
     threshold: ThresholdOpt = None,
     long_input: LongOpt = "window",
     backend: BackendOpt = "torch",
@@ -140,64 +123,61 @@ def batch(
     batch_size: BatchOpt = None,
     max_length: MaxLenOpt = 512,
     max_chars: MaxCharsOpt = 50_000,
-    fmt: Annotated[str | None, typer.Option("--format", "-f", callback=_choice("--format", ("table", "jsonl",
+    fmt: Annotated[str | None, typer.Option("--format", "-f", callback=choice("--format", ("table", "jsonl",
                    "csv")), help="table, jsonl or csv. [default: table on a terminal, else jsonl]")] = None,
     threshold: ThresholdOpt = None,
     long_input: LongOpt = "window",
     backend: BackendOpt = "torch",
-    input_format: Annotated[str, typer.Option("--input-format", callback=_choice("--input-format", ("auto",
+    input_format: Annotated[str, typer.Option("--input-format", callback=choice("--input-format", ("auto",
                             "text", "jsonl")), help="auto (by extension, else content), text or jsonl.")] = "auto",
     field: Annotated[str | None, typer.Option("--field", help="JSONL text field. [default: the first of text, "
                      "prompt, input, content]")] = None,
     id_field: Annotated[str | None, typer.Option("--id-field", help="JSONL id field copied to the output. "
                         "[default: id, when present]")] = None,
-    on_error: Annotated[str, typer.Option("--on-error", callback=_choice("--on-error", ("continue", "abort")),
+    on_error: Annotated[str, typer.Option("--on-error", callback=choice("--on-error", ("continue", "abort")),
                         help="continue: error records and go on; abort: stop at the first.")] = "continue",
     exit_zero: Annotated[bool, typer.Option("--exit-zero", help="Exit 0 even when a record is flagged.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary line on stderr.")] = False,
 ) -> int:
     """Score every record of each PATH (or stdin), one output record per input record, in order."""
+    from crossguard_cli.errors import OutputError
     from crossguard_cli.inputs import read_records
     from crossguard_cli.outputs import make_writer
-    from crossguard_cli.pipeline import stream
+    from crossguard_cli.pipeline import write_stream
     from crossguard_cli.progress import Progress
 
-    records = read_records(paths or [], input_format=input_format, field=field, id_field=id_field)
+    paths = paths or ["-"]
+    stdin = _private_stdin() if "-" in paths else None
+    records = read_records(paths, input_format=input_format, field=field, id_field=id_field, stdin=stdin)
     scorer = _build_scorer(rules, model, revision, device, dtype, batch_size, max_length, max_chars,
                            threshold, long_input, backend)
     fmt = fmt or ("table" if sys.stdout.isatty() else "jsonl")
-    writer = make_writer(fmt, sys.stdout, scorer.ruleset, console=_console())
-    counts = {"records": 0, "flagged": 0, "errors": 0, "uncertain": 0, "empty": 0}
     start = time.monotonic()
     with Progress(_console(stderr=True), enabled=sys.stderr.isatty() and not quiet) as bar:
-        for group in stream(scorer, records, group_size=max(64, min(1024, scorer.batch_size * 4))):
-            for out in group:
-                counts["records"] += 1
-                status = out["status"]
-                if status == "error":
-                    counts["errors"] += 1
-                    writer.write(out)
-                    _error_line(f"{out['source']}:{out['line'] if out['line'] is not None else '-'}: {out['error']}")
-                    if on_error == "abort":
-                        writer.close()
-                        return 2
-                    continue
-                if status == "empty":
-                    counts["empty"] += 1
-                elif out["verdict"] in ("flagged", "uncertain"):
-                    counts[out["verdict"]] += 1
-                writer.write(out)
-            writer.flush()
-            bar.update(counts)
-    writer.close()
+
+        def report(out: dict) -> None:
+            where = out["source"] if out["line"] is None else f"{out['source']}:{out['line']}"
+            bar.line(f"crossguard: error: {where}: {out['error']}")
+
+        # A table on the terminal that shows the bar goes through the bar's console, above the bar.
+        on_screen = bar.enabled and fmt == "table" and sys.stdout.isatty()
+        try:
+            writer = make_writer(fmt, sys.stdout, scorer.ruleset, console=bar.console if on_screen else _console())
+            tally = write_stream(scorer, records, writer, group_size=max(64, min(1024, scorer.batch_size * 4)),
+                                 on_error=on_error, report=report, progress=bar.update)
+            writer.close()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:  # disk full, a closed stream: one line, and stdout is given up
+            _drop_stdout()
+            raise OutputError(f"cannot write results: {exc.strerror or exc}", where="stdout") from None
     if not quiet:
-        secs = time.monotonic() - start
-        sys.stderr.write(f"crossguard: {counts['records']} records, {counts['flagged']} flagged, "
-                         f"{counts['uncertain']} uncertain, {counts['errors']} errors, {counts['empty']} empty "
-                         f"in {secs:.1f} s\n")
-    if counts["errors"]:
+        sys.stderr.write(f"crossguard: {tally.records} records, {tally.flagged} flagged, {tally.uncertain} "
+                         f"uncertain, {tally.errors} errors, {tally.empty} empty in "
+                         f"{time.monotonic() - start:.1f} s\n")
+    if tally.errors:
         return 2
-    return 1 if counts["flagged"] and not exit_zero else 0
+    return 1 if tally.flagged and not exit_zero else 0
 
 
 @app.command()
@@ -224,35 +204,74 @@ def validate(
     return 0
 
 
+def _register_eval() -> None:
+    """`crossguard eval` lives in eval_command.py (its wiring is long); it is registered here."""
+    from crossguard_cli.eval_command import eval_command
+
+    app.command("eval")(eval_command)
+
+
+_register_eval()
+
+
 def _error_line(message: str) -> None:
     sys.stderr.write(f"crossguard: error: {message}\n")
     sys.stderr.flush()
 
 
-def _quiet_broken_pipe() -> int:
-    """stdout's reader went away (`| head -1`): exit like `yes | head -1`, without noise."""
+def _private_stdin():
+    """A reader of our own on fd 0 for the reader thread, or None to use `sys.stdin.buffer`.
+
+    A thread blocked reading `sys.stdin.buffer` holds its lock; when the program then ends
+    (Ctrl-C, `| head -1`), the interpreter's shutdown closes sys.stdin, cannot take that lock
+    and aborts ("Fatal Python error: _enter_buffered_busy"). A duplicate descriptor keeps the
+    reader's lock private, and the OS closes it at exit.
+    """
+    try:
+        return os.fdopen(os.dup(sys.stdin.fileno()), "rb")
+    except (AttributeError, OSError, ValueError):  # no real stdin: tests, embedders, closed fd 0
+        return None
+
+
+def _drop_stdout() -> None:
+    """Point fd 1 at /dev/null, so the interpreter's last flush of stdout cannot fail again."""
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):
+        os.close(devnull)
+    except (AttributeError, OSError, ValueError):
         pass
+
+
+def _quiet_broken_pipe() -> int:
+    """stdout's reader went away (`| head -1`): exit like `yes | head -1`, without noise."""
+    _drop_stdout()
     return 141
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the app, and turn every user error into one line and an exit code."""
-    from typer.exceptions import TyperException
+    """Entry point: run the app, and turn every user error into one line and an exit code.
+
+    The command runs through Click's `make_context`/`invoke` rather than `main`, whose own
+    handlers would turn a closed pipe into exit 1 and hide Ctrl-C from us.
+    """
+    from typer.exceptions import Abort, Exit, TyperException
 
     command = typer.main.get_command(app)
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        code = command.main(args=argv, prog_name="crossguard", standalone_mode=False)
+        with command.make_context("crossguard", args) as ctx:
+            code = command.invoke(ctx)
         code = code if isinstance(code, int) else 0
+        sys.stdout.flush()
+    except Exit as exc:  # --help, --version
+        code = exc.exit_code
         sys.stdout.flush()
     except CrossguardError as exc:
         _error_line(str(exc))
         code = exc.exit_code
     except TyperException as exc:  # usage errors from option parsing
-        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        message = exc.format_message()
         if type(exc).__name__ == "NoArgsIsHelpError":
             sys.stdout.write(message + "\n")
             code = 0
@@ -261,9 +280,10 @@ def main(argv: list[str] | None = None) -> None:
             code = getattr(exc, "exit_code", 2) or 2
     except BrokenPipeError:
         code = _quiet_broken_pipe()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Abort):
         code = 130
     except OSError as exc:  # writing results failed: disk full, closed stream
+        _drop_stdout()
         _error_line(f"stdout: {exc.strerror or exc}")
         code = 2
     sys.exit(code)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from typing import IO, Any
 
 from crossguard_cli.decide import Decision, percent, rule_state
@@ -19,6 +20,15 @@ from crossguard_cli.scorer import PromptScores
 FORMATS_BATCH = ("table", "jsonl", "csv")
 FORMATS_CHECK = ("table", "jsonl", "csv", "json")
 LABEL_KEYS = ("entailment", "neutral", "contradiction")
+
+# Valid inside JSON strings, but `str.splitlines`, editors and some JSON parsers break lines there.
+_LINE_BREAKS = re.compile("[\x85\u2028\u2029]")
+
+
+def to_json(record: dict[str, Any], indent: int | None = None) -> str:
+    """JSON text of `record`, non-ASCII kept readable, but never a character that breaks a line."""
+    text = json.dumps(record, ensure_ascii=False, indent=indent)
+    return _LINE_BREAKS.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def _head(rec: Record) -> dict[str, Any]:
@@ -57,7 +67,7 @@ class JsonlWriter:
         self.stream = stream
 
     def write(self, record: dict[str, Any]) -> None:
-        self.stream.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.stream.write(to_json(record) + "\n")
 
     def flush(self) -> None:
         self.stream.flush()
@@ -70,7 +80,7 @@ class JsonWriter(JsonlWriter):
     """`check --format json`: the single record, indented for people and `jq` alike."""
 
     def write(self, record: dict[str, Any]) -> None:
-        self.stream.write(json.dumps(record, ensure_ascii=False, indent=2) + "\n")
+        self.stream.write(to_json(record, indent=2) + "\n")
 
 
 class CsvWriter:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,20 +28,30 @@ class _Failure:
     exc: BaseException
 
 
+def _put(q: queue.Queue, item: object, stop: threading.Event) -> bool:
+    """Put `item` unless the consumer has gone away (then the reader must not block forever)."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
 def _reader(records: Iterable[Record], q: queue.Queue, stop: threading.Event) -> None:
     try:
         for rec in records:
-            while not stop.is_set():
-                try:
-                    q.put(rec, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
-            if stop.is_set():
-                return
-        q.put(_END)
+            if not _put(q, rec, stop):
+                break
+        else:
+            _put(q, _END, stop)
     except BaseException as exc:  # handed to the consumer, which raises it in its own thread
-        q.put(_Failure(exc))
+        _put(q, _Failure(exc), stop)
+    finally:
+        close = getattr(records, "close", None)
+        if close is not None:  # a generator stopped early: close the file it reads
+            close()
 
 
 def groups(records: Iterable[Record], size: int, idle: float = 0.02) -> Iterator[list[Record]]:
@@ -59,6 +70,8 @@ def groups(records: Iterable[Record], size: int, idle: float = 0.02) -> Iterator
                     done = True
                     break
                 if isinstance(item, _Failure):
+                    if group:  # the records read before the failure still get their results
+                        yield group
                     raise item.exc
                 group.append(item)
                 if len(group) >= size:
@@ -95,5 +108,74 @@ def score_records(scorer: Scorer, group: list[Record]) -> list[dict[str, Any]]:
 
 def stream(scorer: Scorer, records: Iterable[Record], group_size: int = 256) -> Iterator[list[dict[str, Any]]]:
     """Output records, a group at a time (write and flush each group before the next)."""
-    for group in groups(records, group_size):
-        yield score_records(scorer, group)
+    with closing(groups(records, group_size)) as grouped:  # stops the reader when we stop early
+        for group in grouped:
+            yield score_records(scorer, group)
+
+
+@dataclass
+class Tally:
+    """What a batch run has written so far, for the progress bar, the summary and the exit code."""
+
+    records: int = 0
+    flagged: int = 0
+    uncertain: int = 0
+    errors: int = 0
+    empty: int = 0
+    aborted: bool = False
+
+    def add(self, out: dict[str, Any]) -> None:
+        self.records += 1
+        status = out["status"]
+        if status == "error":
+            self.errors += 1
+        elif status == "empty":
+            self.empty += 1
+        elif out["verdict"] == "flagged":
+            self.flagged += 1
+        elif out["verdict"] == "uncertain":
+            self.uncertain += 1
+
+
+def write_stream(
+    scorer: Scorer,
+    records: Iterable[Record],
+    writer,
+    *,
+    group_size: int = 256,
+    on_error: str = "continue",
+    report: Callable[[dict[str, Any]], None] | None = None,
+    progress: Callable[[Tally], None] | None = None,
+) -> Tally:
+    """Score `records` and write one output record each, in order, flushing after every group.
+
+    Args:
+        scorer: the scorer.
+        records: input records (lazy; read by a thread as the model works).
+        writer: a writer from `outputs.make_writer`.
+        group_size: most records scored together.
+        on_error: "continue", or "abort" to stop after writing the first error record.
+        report: called with each error record once it is written (the CLI prints it on stderr).
+        progress: called with the tally after each group is flushed.
+
+    Returns:
+        The tally; `aborted` says whether the run stopped at an error.
+    """
+    tally = Tally()
+    with closing(stream(scorer, records, group_size)) as results:
+        for group in results:
+            for out in group:
+                tally.add(out)
+                writer.write(out)
+                if out["status"] != "error":
+                    continue
+                if report is not None:
+                    report(out)
+                if on_error == "abort":
+                    writer.flush()
+                    tally.aborted = True
+                    return tally
+            writer.flush()
+            if progress is not None:
+                progress(tally)
+    return tally

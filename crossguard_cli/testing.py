@@ -23,18 +23,19 @@ CROSS_ENCODER_NLI_LABELS = ("contradiction", "entailment", "neutral")
 # Real shapes, for benchmarks: the weights do not change the cost, the shapes do.
 SHAPES: dict[str, dict] = {
     "tiny": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64},
-    # Ettin/ModernBERT-style encoders sized like the CrossingGuard family.
+    # Ettin/ModernBERT-style encoders sized like the CrossingGuard family. `vocab_size` is the real
+    # model's embedding rows (so parameter count and memory match); a smaller tokenizer uses fewer.
     "modernbert-68m": {"hidden_size": 512, "num_hidden_layers": 19, "num_attention_heads": 8,
-                       "intermediate_size": 768},
+                       "intermediate_size": 768, "vocab_size": 50368},
     "modernbert-150m": {"hidden_size": 768, "num_hidden_layers": 22, "num_attention_heads": 12,
-                        "intermediate_size": 1152},
+                        "intermediate_size": 1152, "vocab_size": 50368},
     "modernbert-400m": {"hidden_size": 1024, "num_hidden_layers": 28, "num_attention_heads": 16,
-                        "intermediate_size": 2624},
+                        "intermediate_size": 2624, "vocab_size": 50368},
     # DeBERTa-v3 small/base, as in cross-encoder/nli-deberta-v3-* and MoritzLaurer's NLI models.
     "deberta-v3-small": {"hidden_size": 768, "num_hidden_layers": 6, "num_attention_heads": 12,
-                         "intermediate_size": 3072},
+                         "intermediate_size": 3072, "vocab_size": 128100},
     "deberta-v3-base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
-                        "intermediate_size": 3072},
+                        "intermediate_size": 3072, "vocab_size": 128100},
 }
 
 _FALLBACK_TEXT = (
@@ -142,8 +143,9 @@ def build_model_folder(
     path.mkdir(parents=True, exist_ok=True)
     tok = tokenizer if tokenizer is not None else train_wordpiece(texts or [_FALLBACK_TEXT], vocab_size)
     hf_tok = _wrap_tokenizer(tok, arch, max_length)
-    sizes = SHAPES[shape] if isinstance(shape, str) else dict(shape)
-    config = _config(arch, sizes, tok.get_vocab_size(), labels, max_length)
+    sizes = dict(SHAPES[shape] if isinstance(shape, str) else shape)
+    rows = max(tok.get_vocab_size(), sizes.pop("vocab_size", 0))  # a real model's embedding rows
+    config = _config(arch, sizes, rows, labels, max_length)
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_config(config)
     with torch.no_grad():  # make the 3 logits differ visibly so label mix-ups show in tests
@@ -157,3 +159,37 @@ def build_model_folder(
         json.dumps({"arch": arch, "labels": list(labels), "shape": sizes, "random_weights": True})
     )
     return path
+
+
+def _main(argv: Sequence[str] | None = None) -> None:
+    """`python -m crossguard_cli.testing FOLDER`: a random-weight model to try crossguard offline."""
+    import argparse
+    import gzip
+
+    ap = argparse.ArgumentParser(prog="python -m crossguard_cli.testing",
+                                 description="Build a random-weight NLI model folder (scores mean nothing).")
+    ap.add_argument("folder")
+    ap.add_argument("--arch", default="bert", choices=("bert", "deberta-v2", "modernbert"))
+    ap.add_argument("--shape", default="tiny", choices=sorted(SHAPES))
+    ap.add_argument("--texts", help="a .txt or .jsonl(.gz) file to train the tokenizer on")
+    args = ap.parse_args(argv)
+    from crossguard_cli.engine import quiet_libraries
+
+    quiet_libraries()
+    texts: list[str] = []
+    if args.texts:
+        opener = gzip.open if args.texts.endswith(".gz") else open
+        with opener(args.texts, "rt", encoding="utf-8") as f:
+            for line in f:
+                if line.lstrip().startswith("{"):
+                    obj = json.loads(line)
+                    line = next((obj[k] for k in ("text", "prompt", "input", "content") if k in obj), "")
+                texts.append(line)
+    rules = Path(__file__).resolve().parent / "data" / "default_rules.yaml"
+    texts += rules.read_text(encoding="utf-8").splitlines()
+    path = build_model_folder(args.folder, arch=args.arch, shape=args.shape, texts=texts, vocab_size=8000)
+    print(path)
+
+
+if __name__ == "__main__":
+    _main()
