@@ -146,33 +146,38 @@ class Scorer:
         """Best window per (prompt, hypothesis, label), then best hypothesis per rule.
 
         A window is chosen separately for each deciding label, so a hypothesis shared by an
-        entailment rule and a contradiction rule gives each its own best window.
+        entailment rule and a contradiction rule gives each its own best window. Vectorised:
+        at GPU speeds a per-pair Python loop here would cost more than the model.
         """
         n_hyp = len(self.hypotheses)
-        best = np.full((n_prompts, n_hyp, 3, 3), -1.0)  # [prompt, hypothesis, deciding label, E/N/C]
+        owners = np.asarray(owners, dtype=np.int64).reshape(-1, 2)
+        p_idx, h_idx = owners[:, 0], owners[:, 1]
         windows = np.zeros((n_prompts, n_hyp), dtype=np.int64)
+        np.add.at(windows, (p_idx, h_idx), 1)
         bad = np.zeros(n_prompts, dtype=bool)
-        for row, (p, h) in enumerate(owners):
-            windows[p, h] += 1
-            if failed[row]:
-                bad[p] = True
-                continue
-            for lab in range(3):
-                if probs[row, lab] > best[p, h, lab, lab]:
-                    best[p, h, lab] = probs[row]
+        bad[p_idx[failed]] = True
+        best = np.full((n_prompts, n_hyp, 3, 3), -1.0)  # [prompt, hypothesis, deciding label, E/N/C]
+        later_first = -np.arange(len(owners))
+        for lab in range(3):
+            # Ascending by probability, ties by earliest row last: assignment keeps the last
+            # value written per index, so each cell ends up with its best (earliest) window.
+            order = np.lexsort((later_first, probs[:, lab]))
+            order = order[~failed[order]]
+            best[p_idx[order], h_idx[order], lab] = probs[order]
+        picks = []  # per rule: (hypothesis position in the rule, E/N/C) for every prompt
+        for rule, hyps in zip(self.ruleset.rules, self._rule_hyps, strict=True):
+            lab = LABEL_INDEX[rule.label]
+            pos = np.argmax(best[:, hyps, lab, lab], axis=1)  # first best hypothesis on a tie
+            picks.append((rule.name, pos, best[np.arange(n_prompts), np.asarray(hyps)[pos], lab]))
+        k = windows.max(axis=1, initial=1)
         results = []
         for p in range(n_prompts):
-            k = int(windows[p].max(initial=1))
             if bad[p]:
-                results.append(PromptScores({}, k, cut[p], "out of GPU memory scoring this prompt even alone"))
+                results.append(PromptScores({}, int(k[p]), cut[p], "out of GPU memory scoring this prompt even alone"))
                 continue
-            scores = {}
-            for rule, hyps in zip(self.ruleset.rules, self._rule_hyps, strict=True):
-                lab = LABEL_INDEX[rule.label]
-                h = max(hyps, key=lambda i: best[p, i, lab, lab])
-                e, n, c = (float(x) for x in best[p, h, lab])
-                scores[rule.name] = RuleScore(e, n, c, hyps.index(h))
-            results.append(PromptScores(scores, k, cut[p]))
+            scores = {name: RuleScore(float(enc[p, 0]), float(enc[p, 1]), float(enc[p, 2]), int(pos[p]))
+                      for name, pos, enc in picks}
+            results.append(PromptScores(scores, int(k[p]), cut[p]))
         return results
 
     def _run(self, rows) -> tuple[np.ndarray, np.ndarray]:

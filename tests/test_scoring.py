@@ -203,3 +203,35 @@ def test_batching_does_not_change_scores(model_dir, ruleset, moderation_records)
         for name in a.rules:
             assert a.rules[name].entailment == pytest.approx(b.rules[name].entailment, abs=1e-5)
         assert a.windows == b.windows
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_reduced_precision_path_stays_close_to_float32(model_dirs, ruleset, dtype):
+    """The CUDA default (bf16/fp16) computes the same function: checked on CPU, within 2 points."""
+    folder = model_dirs["modernbert-NCE"]
+    full = Scorer(load_model(str(folder), device="cpu", dtype="float32"), ruleset).score(PROMPTS)
+    half_model = load_model(str(folder), device="cpu", dtype=dtype)
+    assert str(half_model.dtype) == f"torch.{dtype}"
+    half = Scorer(half_model, ruleset).score(PROMPTS)
+    for a, b in zip(full, half, strict=True):
+        for name in a.rules:
+            assert b.rules[name].entailment == pytest.approx(a.rules[name].entailment, abs=0.02)
+            assert b.rules[name].contradiction == pytest.approx(a.rules[name].contradiction, abs=0.02)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["bert-CEN", "modernbert-NCE"])
+def test_cuda_bf16_matches_the_reference(model_dirs, ruleset, name):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    folder = model_dirs[name]
+    model = load_model(str(folder), device="cuda")
+    assert str(model.dtype) in ("torch.bfloat16", "torch.float16")
+    results = Scorer(model, ruleset).score(PROMPTS)
+    hyps = ruleset.hypotheses
+    ref = reference(folder, [(p, h) for p in PROMPTS for h in hyps]).reshape(len(PROMPTS), len(hyps), 3)
+    for i, result in enumerate(results):
+        for rule in ruleset.rules:
+            j = hyps.index(rule.hypotheses[result.rules[rule.name].hypothesis])
+            assert result.rules[rule.name].entailment == pytest.approx(ref[i, j, 0], abs=0.02)
