@@ -72,7 +72,7 @@ def _console(stderr: bool = False):
 
 @app.command()
 def check(
-    text: Annotated[str, typer.Argument(help="The prompt, or - to read all of stdin as one prompt.")],
+    text: Annotated[str, typer.Argument(metavar="TEXT", help="The prompt, or - to read all of stdin as one prompt.")],
     rules: RulesOpt = None,
     model: ModelOpt = None,
     revision: RevisionOpt = None,
@@ -113,7 +113,7 @@ def check(
 
 @app.command()
 def batch(
-    paths: Annotated[list[str] | None, typer.Argument(help="Files to read in order; - or none: stdin.",
+    paths: Annotated[list[str] | None, typer.Argument(metavar="PATH", help="Files to read in order; - or none: stdin.",
                                                        show_default=False)] = None,
     rules: RulesOpt = None,
     model: ModelOpt = None,
@@ -163,7 +163,7 @@ def batch(
         on_screen = bar.enabled and fmt == "table" and sys.stdout.isatty()
         try:
             writer = make_writer(fmt, sys.stdout, scorer.ruleset, console=bar.console if on_screen else _console())
-            tally = write_stream(scorer, records, writer, group_size=max(64, min(1024, scorer.batch_size * 4)),
+            tally = write_stream(scorer, records, writer,
                                  on_error=on_error, report=report, progress=bar.update)
             writer.close()
         except BrokenPipeError:
@@ -182,7 +182,7 @@ def batch(
 
 @app.command()
 def validate(
-    rules: Annotated[str | None, typer.Argument(envvar="CROSSGUARD_RULES", help="Rules file. [default: the "
+    rules: Annotated[str | None, typer.Argument(metavar="RULES", envvar="CROSSGUARD_RULES", help="Rules file. [default: the "
                      "packaged rules]", show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary; only the exit code.")] = False,
 ) -> int:

@@ -7,6 +7,18 @@ only the CLI prints. Messages say what to fix.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
+
+def did_you_mean(word: object, choices: Iterable[str], *, list_choices: bool = False) -> str:
+    """A "; did you mean 'x'?" suffix for a typo, or the valid choices when nothing is close."""
+    choices = list(choices)
+    close = difflib.get_close_matches(str(word).lower(), choices, n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean '{close[0]}'?"
+    return f"; expected one of: {', '.join(choices)}" if list_choices else ""
+
 
 class CrossguardError(Exception):
     """A user-facing error: one line, with an optional location (file:line: field)."""

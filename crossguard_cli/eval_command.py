@@ -1,17 +1,20 @@
 """`crossguard eval`: wiring labelled data -> (scoring) -> report -> table, JSON, tuned rules, plot.
 
-Kept beside cli.py rather than in it so each stays readable; the logic lives in evaluate.py
-and metrics.py. Labels are read before any model loads, so a bad label costs nothing.
+Kept beside cli.py rather than in it so each stays readable; the logic lives in labels.py,
+evaluate.py, metrics.py and tune.py. Labels are read before any model loads, so a bad label
+costs nothing.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from crossguard_cli.errors import UsageError
 from crossguard_cli.options import (
     BackendOpt,
     BatchOpt,
@@ -29,7 +32,7 @@ from crossguard_cli.options import (
 
 
 def eval_command(
-    labelled: Annotated[str, typer.Argument(help="Labelled JSONL (.gz works): \"labels\": [rules], "
+    labelled: Annotated[str, typer.Argument(metavar="LABELLED", help="Labelled JSONL (.gz works): \"labels\": [rules], "
                                                  "\"expected\": flagged|allowed, or category columns with --map.")],
     maps: Annotated[list[str] | None, typer.Option("--map", metavar="KEY=RULE", help="Map a 0/1 column to a "
                     "rule (repeatable); an absent column means unknown.")] = None,
@@ -62,16 +65,27 @@ def eval_command(
 ) -> int:
     """Measure rules against labelled prompts and suggest thresholds. Exit 0, or 2 on error."""
     from crossguard_cli import evaluate as ev
+    from crossguard_cli import labels as lb
+    from crossguard_cli import tune
     from crossguard_cli.engine import resolve_rules
 
+    if labelled == "-":  # read twice (labels first, then scoring), so it must be a file
+        raise UsageError("the labelled data must be a file, not stdin: eval reads it before scoring it")
     ruleset = resolve_rules(rules, threshold)
+    if not 0.0 < target_precision <= 1.0:  # checked before any scoring, as are the outputs' needs
+        raise UsageError(f"must be in (0, 1], got {target_precision:g}", "--target-precision")
+    if plot:
+        tune.check_plot_path(plot)
+    for out_path, option in ((write_rules, "--write-rules"), (plot, "--plot")):
+        if out_path and not Path(out_path).absolute().parent.is_dir():
+            raise UsageError(f"no such folder: {Path(out_path).parent}", option)
     names = [r.name for r in ruleset.rules]
-    mapping = ev.parse_maps(maps or [], names)
-    truth = ev.read_labelled(labelled, names, mapping, id_field=id_field)
+    mapping = lb.parse_maps(maps or [], names)
+    truth = lb.read_labelled(labelled, names, mapping, id_field=id_field)
     if scores:
-        pairs = ev.join_scores(truth, ev.read_jsonl(scores), scores)
+        pairs = lb.join_scores(truth, lb.read_jsonl(scores), scores)
     else:
-        pairs = ev.pair_in_order(truth, _score_file(labelled, field, id_field, dict(
+        pairs = lb.pair_in_order(truth, _score_file(labelled, field, id_field, dict(
             rules_path=rules, model=model, revision=revision, device=device, dtype=dtype, batch_size=batch_size,
             max_length=max_length, max_chars=max_chars, threshold=threshold, long_input=long_input,
             backend=backend)))
@@ -80,15 +94,20 @@ def eval_command(
         sys.stdout.write(json.dumps(ev.report_to_json(report), indent=2) + "\n")
     else:
         _print_table(report, ev.report_rows(report))
+    sys.stdout.flush()
     if write_rules:
         if rules is None:
             from crossguard_cli.rules import default_rules_path
 
             rules = str(default_rules_path())
-        ev.write_tuned_rules(rules, write_rules, ev.suggested_thresholds(report, by=tune_for))
-        sys.stderr.write(f"crossguard: wrote {write_rules} with thresholds tuned for {tune_for}\n")
+        suggested = tune.suggested_thresholds(report, by=tune_for)
+        tune.write_tuned_rules(rules, write_rules, suggested)
+        kept = [r.name for r in report.rules if r.name not in suggested]
+        why = "no positive labels" if tune_for == "f1" else f"no threshold reaches precision {target_precision:g}"
+        sys.stderr.write(f"crossguard: wrote {write_rules} with thresholds tuned for {tune_for}"
+                         + (f"; kept the thresholds of {', '.join(kept)} ({why})" if kept else "") + "\n")
     if plot:
-        ev.plot_pr(report.curves, plot)
+        tune.plot_pr(report.curves, plot)
         sys.stderr.write(f"crossguard: wrote {plot}\n")
     return 0
 
@@ -102,6 +121,8 @@ def _score_file(path: str, field: str | None, id_field: str, engine_options: dic
 
     scorer = build_scorer(**engine_options)
     records = read_records([path], input_format="jsonl", field=field, id_field=id_field)
+    # The group size `batch` uses: model batches (and so their padding) are cut within a group,
+    # so eval's forward passes match batch's and `eval` agrees with `eval --scores` on batch output.
     for group in stream(scorer, records):
         for out in group:
             if out["status"] == "error" and out.get("line") is None:

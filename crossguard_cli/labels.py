@@ -14,7 +14,6 @@ file itself, or by id / line when the scores come from an earlier `batch` (`--sc
 
 from __future__ import annotations
 
-import difflib
 import gzip
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -22,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, UsageError
+from .errors import InputError, UsageError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -37,11 +36,6 @@ class LabelledRecord:
 
 
 Pair = tuple[LabelledRecord, Mapping[str, Any]]  # (truth, scored output record)
-
-
-def did_you_mean(name: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(choices), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def parse_maps(specs: Iterable[str], rule_names: Sequence[str]) -> dict[str, str]:
@@ -116,7 +110,7 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
     """(line number, object) for each non-blank line; `.gz` files are read through gzip."""
     path = Path(path)
     try:
-        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+        with (gzip.open(path, "rb") if path.suffix.lower() == ".gz" else open(path, "rb")) as f:
             for lineno, raw in enumerate(f, 1):
                 where = f"{path}:{lineno}"
                 try:

@@ -106,8 +106,15 @@ def score_records(scorer: Scorer, group: list[Record]) -> list[dict[str, Any]]:
     return out
 
 
-def stream(scorer: Scorer, records: Iterable[Record], group_size: int = 256) -> Iterator[list[dict[str, Any]]]:
+def group_size_for(scorer: Scorer) -> int:
+    """Records scored together: enough pairs to fill several model batches, bounded for latency."""
+    return max(64, min(1024, scorer.batch_size * 4))
+
+
+def stream(scorer: Scorer, records: Iterable[Record], group_size: int | None = None
+           ) -> Iterator[list[dict[str, Any]]]:
     """Output records, a group at a time (write and flush each group before the next)."""
+    group_size = group_size or group_size_for(scorer)
     with closing(groups(records, group_size)) as grouped:  # stops the reader when we stop early
         for group in grouped:
             yield score_records(scorer, group)
@@ -142,7 +149,7 @@ def write_stream(
     records: Iterable[Record],
     writer,
     *,
-    group_size: int = 256,
+    group_size: int | None = None,
     on_error: str = "continue",
     report: Callable[[dict[str, Any]], None] | None = None,
     progress: Callable[[Tally], None] | None = None,
@@ -153,7 +160,7 @@ def write_stream(
         scorer: the scorer.
         records: input records (lazy; read by a thread as the model works).
         writer: a writer from `outputs.make_writer`.
-        group_size: most records scored together.
+        group_size: most records scored together (None: `group_size_for(scorer)`).
         on_error: "continue", or "abort" to stop after writing the first error record.
         report: called with each error record once it is written (the CLI prints it on stderr).
         progress: called with the tally after each group is flushed.

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from crossguard_cli.errors import RulesError
+from crossguard_cli.errors import RulesError, did_you_mean
 from crossguard_cli.yamlsafe import LineDict, LineList, YamlSyntaxError, load_yaml
 
 __all__ = [
@@ -171,8 +171,7 @@ def _show(value: Any) -> str:
 
 
 def _did_you_mean(word: Any, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(str(word).lower(), choices, n=1, cutoff=0.6)
-    return f"; did you mean '{close[0]}'?" if close else f"; expected one of: {', '.join(choices)}"
+    return did_you_mean(word, choices, list_choices=True)
 
 
 class _Checker:

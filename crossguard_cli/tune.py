@@ -16,9 +16,8 @@ import numpy as np
 import yaml
 
 from . import metrics
-from .errors import OutputError, RulesError, UsageError
+from .errors import OutputError, RulesError, UsageError, did_you_mean
 from .evaluate import OVERALL_CURVE, Report
-from .labels import did_you_mean
 
 
 def suggested_thresholds(report: Report, by: str = "f1") -> dict[str, float]:
@@ -106,12 +105,31 @@ def write_tuned_rules(rules_path: str | Path, out_path: str | Path, thresholds: 
         raise OutputError(f"cannot write: {e.strerror or e}", str(out_path)) from None
 
 
+PLOT_HINT = "--plot needs matplotlib: pip install 'crossguard[plot]'"
+
+
+def check_plot_path(path: str | Path) -> None:
+    """Fail early (before any scoring) when `--plot` cannot work: no matplotlib, or an unknown format."""
+    try:
+        import matplotlib  # noqa: F401  (first: a stubbed-out package must fail even with submodules loaded)
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError:
+        raise UsageError(PLOT_HINT) from None
+    ext = Path(path).suffix.lstrip(".").lower()
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if ext and ext not in formats:
+        raise UsageError(f"cannot draw a {ext!r} image; end the file name with one of .{', .'.join(sorted(formats))}",
+                         "--plot")
+
+
 def plot_pr(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | Path) -> None:
     """`--plot`: precision-recall step curves (`report.curves`), one per rule with positives."""
+    check_plot_path(path)
     try:
-        from matplotlib.figure import Figure  # optional; no pyplot, so no GUI backend or global state
+        from matplotlib.figure import Figure  # no pyplot, so no GUI backend or global state
     except ImportError:
-        raise UsageError("--plot needs matplotlib: pip install 'crossguard[plot]'") from None
+        raise UsageError(PLOT_HINT) from None
+
     fig = Figure(figsize=(6.4, 5.0))
     ax = fig.subplots()
     for name, (s, y) in curves.items():
@@ -128,5 +146,3 @@ def plot_pr(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | Pat
         fig.savefig(path, dpi=120)
     except OSError as e:
         raise OutputError(f"cannot write: {e.strerror or e}", str(path)) from None
-    except ValueError as e:  # unknown image format from the extension
-        raise UsageError(str(e), "--plot") from None

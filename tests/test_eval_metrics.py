@@ -20,7 +20,8 @@ import pytest
 import yaml
 
 from crossguard_cli import evaluate as ev
-from crossguard_cli import metrics
+from crossguard_cli import labels as lb
+from crossguard_cli import metrics, tune
 from crossguard_cli.decide import rule_state
 from crossguard_cli.errors import CrossguardError, InputError, RulesError, UsageError
 from crossguard_cli.rules import Rule, load_rules
@@ -188,7 +189,7 @@ def test_suggested_threshold_reproduces_reported_f1(seed):
     assert bf_prf(s, y, t)[2] == pytest.approx(f, abs=1e-12)
     assert f == pytest.approx(max(bf_prf(s, y, v)[2] for v in set(s)))
     # written to YAML and read back, the threshold is the same float...
-    assert yaml.safe_load(f"threshold: {ev.format_threshold(t)}")["threshold"] == t
+    assert yaml.safe_load(f"threshold: {tune.format_threshold(t)}")["threshold"] == t
     # ...and `batch` (decide on printed percentages) fires on exactly the same records.
     rule = Rule(name="r", hypotheses=("h",), threshold=t)
     assert [rule_state(rule, v) == "fired" for v in s] == [v >= t for v in s]
@@ -200,10 +201,10 @@ def test_suggested_threshold_reproduces_reported_f1(seed):
 
 def test_format_threshold_is_positional_and_exact():
     for t in (0.0, 1.0, 0.8731, 1e-05, 0.123456789):
-        text = ev.format_threshold(t)
+        text = tune.format_threshold(t)
         assert "e" not in text and yaml.safe_load(text) == t
     with pytest.raises(ValueError):
-        ev.format_threshold(1.5)
+        tune.format_threshold(1.5)
 
 
 # ---------------------------------------------------------------- label formats and --map
@@ -211,30 +212,30 @@ NAMES = ["weapons", "self-harm", "violence"]
 
 
 def test_labels_list_format():
-    rec = ev.labels_from_record({"id": 7, "labels": ["weapons"]}, NAMES, None, "l.jsonl:3", 3)
+    rec = lb.labels_from_record({"id": 7, "labels": ["weapons"]}, NAMES, None, "l.jsonl:3", 3)
     assert rec.labels == {"weapons": True, "self-harm": False, "violence": False}
     assert rec.expected is True and rec.id == "7" and rec.line == 3
-    safe = ev.labels_from_record({"labels": []}, NAMES, None, "l.jsonl:4", 4)
+    safe = lb.labels_from_record({"labels": []}, NAMES, None, "l.jsonl:4", 4)
     assert safe.expected is False and not any(safe.labels.values()) and safe.id is None
 
 
 def test_expected_format():
-    rec = ev.labels_from_record({"expected": "allowed"}, NAMES, None, "l.jsonl:1", 1)
+    rec = lb.labels_from_record({"expected": "allowed"}, NAMES, None, "l.jsonl:1", 1)
     assert rec.labels == {} and rec.expected is False
-    assert ev.labels_from_record({"expected": "flagged"}, NAMES, None, "x:1", 1).expected is True
+    assert lb.labels_from_record({"expected": "flagged"}, NAMES, None, "x:1", 1).expected is True
 
 
 def test_map_format_absent_column_is_unknown():
-    maps = ev.parse_maps(["SH=self-harm", "V=violence", "V2=violence"], NAMES)
-    rec = ev.labels_from_record({"SH": 1, "V": 0}, NAMES, maps, "m:1", 1)
+    maps = lb.parse_maps(["SH=self-harm", "V=violence", "V2=violence"], NAMES)
+    rec = lb.labels_from_record({"SH": 1, "V": 0}, NAMES, maps, "m:1", 1)
     assert rec.labels == {"self-harm": True} and rec.expected is True  # V2 absent: violence unknown
-    rec = ev.labels_from_record({"SH": 0, "V": 0, "V2": None}, NAMES, maps, "m:2", 2)
+    rec = lb.labels_from_record({"SH": 0, "V": 0, "V2": None}, NAMES, maps, "m:2", 2)
     assert rec.labels == {"self-harm": False} and rec.expected is False  # known ones all negative
-    rec = ev.labels_from_record({"SH": None, "other": 1}, NAMES, maps, "m:5", 5)
+    rec = lb.labels_from_record({"SH": None, "other": 1}, NAMES, maps, "m:5", 5)
     assert rec.labels == {} and rec.expected is None  # nothing known: left out everywhere
-    rec = ev.labels_from_record({"SH": 0, "V": 0, "V2": 1}, NAMES, maps, "m:3", 3)
+    rec = lb.labels_from_record({"SH": 0, "V": 0, "V2": 1}, NAMES, maps, "m:3", 3)
     assert rec.labels == {"self-harm": False, "violence": True}
-    rec = ev.labels_from_record({"SH": False, "V": 0, "V2": 0.0}, NAMES, maps, "m:4", 4)
+    rec = lb.labels_from_record({"SH": False, "V": 0, "V2": 0.0}, NAMES, maps, "m:4", 4)
     assert rec.labels == {"self-harm": False, "violence": False} and rec.expected is False
 
 
@@ -247,13 +248,13 @@ def test_map_format_absent_column_is_unknown():
 ])
 def test_label_errors_name_line_and_field(obj, message):
     with pytest.raises(InputError) as err:
-        ev.labels_from_record(obj, NAMES, None, "labelled.jsonl:9", 9)
+        lb.labels_from_record(obj, NAMES, None, "labelled.jsonl:9", 9)
     assert err.value.where == "labelled.jsonl:9" and message in err.value.what
 
 
 def test_map_value_error():
     with pytest.raises(InputError, match="SH: expected 0 or 1") as err:
-        ev.labels_from_record({"SH": "yes"}, NAMES, {"SH": "self-harm"}, "m.jsonl:2", 2)
+        lb.labels_from_record({"SH": "yes"}, NAMES, {"SH": "self-harm"}, "m.jsonl:2", 2)
     assert err.value.where == "m.jsonl:2"
 
 
@@ -266,24 +267,24 @@ def test_map_value_error():
 ])
 def test_map_errors(spec, message):
     with pytest.raises(UsageError) as err:
-        ev.parse_maps([spec], NAMES)
+        lb.parse_maps([spec], NAMES)
     assert message in err.value.what and err.value.where == "--map"
     with pytest.raises(UsageError, match="mapped twice"):
-        ev.parse_maps(["V=violence", "V=weapons"], NAMES)
+        lb.parse_maps(["V=violence", "V=weapons"], NAMES)
 
 
 def test_read_labelled_errors_and_gzip(tmp_path):
     path = tmp_path / "l.jsonl"
     path.write_text('{"labels": []}\n\n{"labels": [\n')
     with pytest.raises(InputError) as err:
-        ev.read_labelled(path, NAMES)
+        lb.read_labelled(path, NAMES)
     assert err.value.where == f"{path}:3" and "not valid JSON" in err.value.what
     gz = tmp_path / "l.jsonl.gz"
     gz.write_bytes(gzip.compress(b'{"labels": ["violence"]}\n\n{"expected": "allowed"}\n'))
-    recs = ev.read_labelled(gz, NAMES)
+    recs = lb.read_labelled(gz, NAMES)
     assert [r.line for r in recs] == [1, 3] and recs[0].where == f"{gz}:1"
     with pytest.raises(InputError, match="cannot read"):
-        ev.read_labelled(tmp_path / "missing.jsonl", NAMES)
+        lb.read_labelled(tmp_path / "missing.jsonl", NAMES)
 
 
 # ---------------------------------------------------------------- joins
@@ -298,19 +299,19 @@ def out(line, pct, *, id=None, status="ok", source="l.jsonl", rules=("weapons",)
 
 
 def labelled(*specs):
-    return [ev.LabelledRecord(f"l.jsonl:{line}", line, rid, {"weapons": bool(y)}, bool(y))
+    return [lb.LabelledRecord(f"l.jsonl:{line}", line, rid, {"weapons": bool(y)}, bool(y))
             for line, rid, y in specs]
 
 
 def test_join_by_id_ignores_order_and_lines():
     lab = labelled((1, "a", 1), (2, "b", 0))
-    pairs = ev.join_scores(lab, [(1, out(9, 10.0, id="b")), (2, out(8, 90.0, id="a"))], "s.jsonl")
+    pairs = lb.join_scores(lab, [(1, out(9, 10.0, id="b")), (2, out(8, 90.0, id="a"))], "s.jsonl")
     assert [(p[0].id, p[1]["id"]) for p in pairs] == [("a", "a"), ("b", "b")]
 
 
 def test_join_by_line_when_ids_are_missing():
     lab = labelled((1, None, 1), (3, None, 0))
-    pairs = ev.join_scores(lab, [(1, out(3, 10.0)), (2, out(1, 90.0))], "s.jsonl")
+    pairs = lb.join_scores(lab, [(1, out(3, 10.0)), (2, out(1, 90.0))], "s.jsonl")
     assert [(p[0].line, p[1]["line"]) for p in pairs] == [(1, 1), (3, 3)]
 
 
@@ -319,33 +320,33 @@ def test_join_errors():
     no_line = out(1, 10.0)
     del no_line["line"]
     with pytest.raises(InputError, match="cannot match") as err:
-        ev.join_scores(lab, [(1, no_line), (2, out(2, 5.0))], "s.jsonl")
+        lb.join_scores(lab, [(1, no_line), (2, out(2, 5.0))], "s.jsonl")
     assert err.value.where == "s.jsonl"
     with pytest.raises(InputError, match="no record with line 2") as err:
-        ev.join_scores(lab, [(1, out(1, 10.0))], "s.jsonl")
+        lb.join_scores(lab, [(1, out(1, 10.0))], "s.jsonl")
     assert err.value.where == "l.jsonl:2"
     with pytest.raises(InputError, match="line 5 is not in the labelled file") as err:
-        ev.join_scores(lab, [(1, out(1, 1.0)), (2, out(2, 1.0)), (3, out(5, 1.0))], "s.jsonl")
+        lb.join_scores(lab, [(1, out(1, 1.0)), (2, out(2, 1.0)), (3, out(5, 1.0))], "s.jsonl")
     assert err.value.where == "s.jsonl:3"
     with pytest.raises(InputError, match="duplicate id 'a'") as err:
-        ev.join_scores(labelled((1, "a", 1)), [(1, out(1, 1.0, id="a")), (4, out(2, 1.0, id="a"))], "s.jsonl")
+        lb.join_scores(labelled((1, "a", 1)), [(1, out(1, 1.0, id="a")), (4, out(2, 1.0, id="a"))], "s.jsonl")
     assert err.value.where == "s.jsonl:4"
     with pytest.raises(InputError, match="duplicate id 'a' \\(also at l.jsonl:1\\)") as err:
-        ev.join_scores(labelled((1, "a", 1), (2, "a", 0)), [(1, out(1, 1.0, id="a"))], "s.jsonl")
+        lb.join_scores(labelled((1, "a", 1), (2, "a", 0)), [(1, out(1, 1.0, id="a"))], "s.jsonl")
     assert err.value.where == "l.jsonl:2"
     with pytest.raises(InputError, match="several sources"):
-        ev.join_scores(lab, [(1, out(1, 1.0)), (2, out(2, 1.0, source="other.jsonl"))], "s.jsonl")
+        lb.join_scores(lab, [(1, out(1, 1.0)), (2, out(2, 1.0, source="other.jsonl"))], "s.jsonl")
 
 
 def test_pair_in_order():
     lab = labelled((1, None, 1), (2, None, 0))
-    assert len(ev.pair_in_order(lab, [out(1, 1.0), out(2, 1.0)])) == 2
+    assert len(lb.pair_in_order(lab, [out(1, 1.0), out(2, 1.0)])) == 2
     with pytest.raises(InputError, match="out of step"):
-        ev.pair_in_order(lab, [out(2, 1.0), out(1, 1.0)])
+        lb.pair_in_order(lab, [out(2, 1.0), out(1, 1.0)])
     with pytest.raises(InputError, match="no scored record"):
-        ev.pair_in_order(lab, [out(1, 1.0)])
+        lb.pair_in_order(lab, [out(1, 1.0)])
     with pytest.raises(InputError, match="more scored records"):
-        ev.pair_in_order(lab, [out(1, 1.0), out(2, 1.0), out(3, 1.0)])
+        lb.pair_in_order(lab, [out(1, 1.0), out(2, 1.0), out(3, 1.0)])
 
 
 # ---------------------------------------------------------------- the report
@@ -354,11 +355,11 @@ def test_report_matches_brute_force_with_unknowns_and_skips():
     rules = [Rule("weapons", ("h",), threshold=0.6, margin=0.1),
              Rule("violence", ("h",), label="neutral", threshold=0.3, margin=0.0),
              Rule("spam", ("h",), threshold=0.5)]  # never labelled: left out of overall
-    maps = ev.parse_maps(["W=weapons", "V=violence"], ["weapons", "violence", "spam"])
+    maps = lb.parse_maps(["W=weapons", "V=violence"], ["weapons", "violence", "spam"])
     pairs, truth = [], []
     for line in range(1, 121):
         obj = {k: rng.choice([0, 1, None]) for k in ("W", "V")}
-        rec = ev.labels_from_record({k: v for k, v in obj.items() if v is not None},
+        rec = lb.labels_from_record({k: v for k, v in obj.items() if v is not None},
                                     ["weapons", "violence", "spam"], maps, f"l:{line}", line)
         status = "error" if line % 17 == 0 else "ok"
         w, v, sp = (round(rng.choice([rng.uniform(0, 100), 60.0, 50.0, 70.0]), 2) for _ in range(3))
@@ -404,7 +405,7 @@ def test_report_matches_brute_force_with_unknowns_and_skips():
     assert [r["rule"] for r in rows] == ["weapons", "violence", "spam", "overall"]
     assert rows[2]["precision"] == "-" and rows[3]["threshold"] == "per rule"
     assert len({tuple(r) for r in rows}) == 1  # same columns everywhere
-    assert ev.suggested_thresholds(report) == {"weapons": report.rules[0].best_f1_threshold,
+    assert tune.suggested_thresholds(report) == {"weapons": report.rules[0].best_f1_threshold,
                                                "violence": report.rules[1].best_f1_threshold}
 
 
@@ -443,7 +444,7 @@ def test_write_tuned_rules_keeps_comments(tmp_path):
     src, dst = tmp_path / "rules.yaml", tmp_path / "tuned.yaml"
     src.write_text(RULES_YAML)
     new = {"weapons": 0.8731, "self-harm": 0.12, "spam": 1.0}
-    ev.write_tuned_rules(src, dst, new)
+    tune.write_tuned_rules(src, dst, new)
     text = dst.read_text()
     for line in RULES_YAML.splitlines():
         if "#" in line and "keep me" not in line:
@@ -458,7 +459,7 @@ def test_write_tuned_rules_keeps_comments(tmp_path):
     assert after == before
     assert {r.name: r.threshold for r in load_rules(dst).rules} == {**new, "untouched": 0.3}
     with pytest.raises(RulesError, match="no rule named 'weapon' to tune; did you mean 'weapons'"):
-        ev.write_tuned_rules(src, dst, {"weapon": 0.5})
+        tune.write_tuned_rules(src, dst, {"weapon": 0.5})
 
 
 def test_write_tuned_rules_on_the_packaged_rules(tmp_path):
@@ -466,7 +467,7 @@ def test_write_tuned_rules_on_the_packaged_rules(tmp_path):
 
     original = load_rules(default_rules_path())
     new = {r.name: round(0.01 * (i + 1), 4) for i, r in enumerate(original.rules)}
-    ev.write_tuned_rules(default_rules_path(), tmp_path / "t.yaml", new)
+    tune.write_tuned_rules(default_rules_path(), tmp_path / "t.yaml", new)
     tuned = load_rules(tmp_path / "t.yaml")
     assert {r.name: r.threshold for r in tuned.rules} == new
     assert [(r.hypotheses, r.label, r.margin, r.description) for r in tuned.rules] == [
@@ -482,14 +483,14 @@ def test_plot_needs_matplotlib(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     with pytest.raises(UsageError) as err:
-        ev.plot_pr({"a": (np.array([0.5]), np.array([True]))}, tmp_path / "pr.png")
+        tune.plot_pr({"a": (np.array([0.5]), np.array([True]))}, tmp_path / "pr.png")
     assert str(err.value) == "--plot needs matplotlib: pip install 'crossguard[plot]'"
 
 
 def test_plot_writes_png(tmp_path):
     pytest.importorskip("matplotlib")
     s, y = grid_scores(random.Random(1), 50)
-    ev.plot_pr({"a": (np.array(s), np.array(y)), "none": (np.array([0.1]), np.array([False]))},
+    tune.plot_pr({"a": (np.array(s), np.array(y)), "none": (np.array([0.1]), np.array([False]))},
                tmp_path / "pr.png")
     assert (tmp_path / "pr.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -535,7 +536,7 @@ def test_openai_moderation_end_to_end(tmp_path):
     rules_file = tmp_path / "rules.yaml"
     rules_file.write_text("version: 1\ndefaults: {margin: 0.05}\nrules:\n" + "".join(
         f"  - name: {name}  # keep\n    hypothesis: The prompt is about {name}.\n" for name in keys.values()))
-    ev.write_tuned_rules(rules_file, tmp_path / "tuned.yaml", ev.suggested_thresholds(report))
+    tune.write_tuned_rules(rules_file, tmp_path / "tuned.yaml", tune.suggested_thresholds(report))
     tuned = load_rules(tmp_path / "tuned.yaml").rules
     again = ev.evaluate_scores_file(path, scored, tuned, specs, target_precision=0.9)
     assert [r.f1 for r in again.rules] == [r.best_f1 for r in report.rules]
@@ -548,6 +549,6 @@ def test_errors_are_crossguard_errors():
 
 def test_tune_rules_text_crlf_and_last_line():
     text = "rules:\r\n  - hypothesis: h\r\n    name: a # x\r\n  - hypothesis: h\r\n    name: b"
-    assert ev.tune_rules_text(text, {"a": 0.25, "b": 0.5}) == (
+    assert tune.tune_rules_text(text, {"a": 0.25, "b": 0.5}) == (
         "rules:\r\n  - hypothesis: h\r\n    name: a # x\r\n    threshold: 0.25\r\n"
         "  - hypothesis: h\r\n    name: b\r\n    threshold: 0.5")
