@@ -7,6 +7,7 @@ commands that need them, so `crossguard --help` and `crossguard validate` stay f
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from typing import Annotated
@@ -65,9 +66,12 @@ def _build_scorer(rules, model, revision, device, dtype, batch_size, max_length,
 
 
 def _console(stderr: bool = False):
+    """A Rich console that colours only a real terminal (piped output never holds ANSI codes,
+    whatever FORCE_COLOR says) and honours NO_COLOR."""
     from rich.console import Console
 
-    return Console(stderr=stderr, soft_wrap=True, highlight=False)
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(file=stream, soft_wrap=True, highlight=False, force_terminal=stream.isatty())
 
 
 @app.command()
@@ -90,12 +94,13 @@ def check(
 ) -> int:
     """Score one prompt against every rule. Exit 1 if a rule fired, 0 if not, 2 on error."""
     from crossguard_cli.inputs import record_from_argument, record_from_stdin_whole
+    from crossguard_cli.outputs import where
 
     record = record_from_stdin_whole() if text == "-" else record_from_argument(text)
     if record.status == "error":
-        raise CrossguardError(record.error, where=f"{record.source}:{record.line}")
+        raise CrossguardError(record.error, where=where(record))
     if record.status == "empty":
-        raise UsageError("the prompt is empty; nothing to score", where=f"{record.source}:{record.line}")
+        raise UsageError("the prompt is empty; nothing to score", where=where(record))
     scorer = _build_scorer(rules, model, revision, device, dtype, batch_size, max_length, max_chars,
                            threshold, long_input, backend)
     from crossguard_cli.outputs import make_writer
@@ -103,7 +108,7 @@ def check(
 
     (out,) = score_records(scorer, [record])
     if out["status"] == "error":
-        raise CrossguardError(out["error"], where=f"{record.source}:{record.line}")
+        raise CrossguardError(out["error"], where=where(record))
     fmt = fmt or ("table" if sys.stdout.isatty() else "json")
     writer = make_writer(fmt, sys.stdout, scorer.ruleset, console=_console(), detailed=True)
     writer.write(out)
@@ -142,7 +147,7 @@ def batch(
     """Score every record of each PATH (or stdin), one output record per input record, in order."""
     from crossguard_cli.errors import OutputError
     from crossguard_cli.inputs import read_records
-    from crossguard_cli.outputs import make_writer
+    from crossguard_cli.outputs import make_writer, where
     from crossguard_cli.pipeline import write_stream
     from crossguard_cli.progress import Progress
 
@@ -156,8 +161,7 @@ def batch(
     with Progress(_console(stderr=True), enabled=sys.stderr.isatty() and not quiet) as bar:
 
         def report(out: dict) -> None:
-            where = out["source"] if out["line"] is None else f"{out['source']}:{out['line']}"
-            bar.line(f"crossguard: error: {where}: {out['error']}")
+            bar.line(f"crossguard: error: {where(out)}: {out['error']}")
 
         # A table on the terminal that shows the bar goes through the bar's console, above the bar.
         on_screen = bar.enabled and fmt == "table" and sys.stdout.isatty()
@@ -182,8 +186,9 @@ def batch(
 
 @app.command()
 def validate(
-    rules: Annotated[str | None, typer.Argument(metavar="RULES", envvar="CROSSGUARD_RULES", help="Rules file. [default: the "
-                     "packaged rules]", show_default=False)] = None,
+    rules: Annotated[str | None, typer.Argument(
+        metavar="RULES", envvar="CROSSGUARD_RULES", help="Rules file. [default: the packaged rules]",
+        show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary; only the exit code.")] = False,
 ) -> int:
     """Check a rules file without loading any model. Exit 0 if valid, 2 if not."""
@@ -276,14 +281,16 @@ def main(argv: list[str] | None = None) -> None:
             sys.stdout.write(message + "\n")
             code = 0
         else:
-            _error_line(" ".join(message.split()))
+            # "Invalid value for '--batch-size': must be ..." -> "--batch-size: must be ..."
+            _error_line(re.sub(r"^Invalid value for '?([^':]+)'?: ", r"\1: ", " ".join(message.split())))
             code = getattr(exc, "exit_code", 2) or 2
     except BrokenPipeError:
         code = _quiet_broken_pipe()
     except (KeyboardInterrupt, Abort):
         code = 130
-    except OSError as exc:  # writing results failed: disk full, closed stream
-        _drop_stdout()
-        _error_line(f"stdout: {exc.strerror or exc}")
+    except OSError as exc:  # an I/O failure nothing nearer handled: name the file when there is one
+        if exc.filename is None:  # most likely writing results (disk full, closed stream)
+            _drop_stdout()
+        _error_line(f"{exc.filename or 'stdout'}: {exc.strerror or exc}")
         code = 2
     sys.exit(code)

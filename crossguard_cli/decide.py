@@ -30,15 +30,24 @@ class Decision:
     route: str | None = None
 
 
-def rule_state(rule: Rule, prob: float) -> str:
-    """'fired', 'uncertain' or 'clear' for one rule given its deciding-label probability."""
+def state(prob: float, threshold: float, margin: float) -> str:
+    """'fired' (p >= threshold), 'uncertain' (not fired, |p - threshold| < margin) or 'clear'.
+
+    Compared on printed percentages, rounded so that float noise (0.6 - 0.5 > 0.1 in binary)
+    never moves a decision.
+    """
     pct = percent(prob)
-    limit = round(rule.threshold * 100.0, 6)
+    limit = round(threshold * 100.0, 6)
     if pct >= limit:
         return "fired"
-    if rule.margin > 0 and round(limit - pct, 6) < round(rule.margin * 100.0, 6):
+    if margin > 0 and round(limit - pct, 6) < round(margin * 100.0, 6):
         return "uncertain"
     return "clear"
+
+
+def rule_state(rule: Rule, prob: float) -> str:
+    """'fired', 'uncertain' or 'clear' for one rule given its deciding-label probability."""
+    return state(prob, rule.threshold, rule.margin)
 
 
 def decide(ruleset: RuleSet, probs: Mapping[str, float]) -> Decision:

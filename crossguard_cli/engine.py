@@ -39,6 +39,16 @@ def resolve_rules(rules_path: str | None, threshold: float | None) -> RuleSet:
     return ruleset.with_threshold(threshold) if threshold is not None else ruleset
 
 
+def _rules_model(ruleset: RuleSet, rules_path: str | None) -> str | None:
+    """The rules file's `model:`; a relative folder is found beside the rules file, like an include."""
+    name = ruleset.model
+    if name and rules_path and not os.path.isabs(name):
+        beside = os.path.join(os.path.dirname(rules_path), name)
+        if os.path.isdir(beside):
+            return beside
+    return name
+
+
 def build_scorer(
     *,
     rules_path: str | None,
@@ -64,7 +74,7 @@ def build_scorer(
     from crossguard_cli.model import load_model
     from crossguard_cli.scorer import Scorer
 
-    name = model or ruleset.model or DEFAULT_MODEL
+    name = model or _rules_model(ruleset, rules_path) or DEFAULT_MODEL
     loaded = load_model(name, revision=revision, device=device, dtype=dtype, max_length=max_length,
                         backend=backend)
     return Scorer(loaded, ruleset, long_input=long_input, max_chars=max_chars, batch_size=batch_size)

@@ -28,6 +28,7 @@ from crossguard_cli.options import (
     RulesOpt,
     ThresholdOpt,
     choice,
+    within,
 )
 
 
@@ -38,8 +39,9 @@ def eval_command(
                     "rule (repeatable); an absent column means unknown.")] = None,
     scores: Annotated[str | None, typer.Option("--scores", metavar="FILE", help="Evaluate an earlier `batch` "
                       "output instead of running the model.")] = None,
-    target_precision: Annotated[float, typer.Option("--target-precision", min=0.0, max=1.0,
-                                help="Also suggest the threshold that reaches this precision.")] = 0.95,
+    target_precision: Annotated[float, typer.Option(
+        "--target-precision", callback=within("--target-precision", 0.0, 1.0),
+        help="Also suggest the threshold that reaches this precision (0 to 1).")] = 0.95,
     tune_for: Annotated[str, typer.Option("--tune-for", callback=choice("--tune-for", ("f1", "precision")),
                         help="Which suggested threshold --write-rules writes: f1 or precision.")] = "f1",
     write_rules: Annotated[str | None, typer.Option("--write-rules", metavar="FILE", help="Write the rules "
@@ -143,7 +145,7 @@ def _print_table(report, rows: list[dict[str, str]]) -> None:
         table.add_column(col, justify="left" if col == "rule" else "right")
     for row in shown:
         table.add_row(*row.values())
-    console = Console(soft_wrap=True, highlight=False)
+    console = Console(soft_wrap=True, highlight=False, force_terminal=sys.stdout.isatty())
     if not console.is_terminal:
         console.width = 200  # a table piped to a file should not be squeezed to 80 columns
     console.print(table)

@@ -165,14 +165,15 @@ def target_precision_threshold(
 
 
 def uncertain_mask(scores: ArrayLike, threshold: float, margin: float) -> np.ndarray:
-    """Records that did not fire but lie within `margin` below the threshold (the contract's rule).
+    """Records that did not fire but lie within `margin` below the threshold.
 
-    Scores, thresholds and margins are short decimals (0.5, 0.6, 0.1), so the distance is
-    rounded to 10 places before comparing: in raw floats 0.6 - 0.5 < 0.1 would hold.
+    The very rule `batch` applies (`decide.state`), so eval and batch can never disagree.
     Broadcasts: a (records, rules) matrix with per-rule threshold and margin vectors works.
     """
+    from crossguard_cli.decide import state
+
     s = np.asarray(scores, dtype=np.float64)
-    return (s < threshold) & (np.round(np.subtract(threshold, s), 10) < margin)
+    return np.vectorize(lambda p, t, m: state(p, t, m) == "uncertain", otypes=[bool])(s, threshold, margin)
 
 
 def abstention_from_decisions(

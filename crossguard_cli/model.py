@@ -13,15 +13,15 @@ control windows, batching and padding.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from crossguard_cli import DEFAULT_MODEL
 from crossguard_cli.errors import ModelError, UsageError
+from crossguard_cli.rules import LABELS
 
-LABELS = ("entailment", "neutral", "contradiction")
 DEVICES_HELP = "auto, cpu, cuda, cuda:N or mps"
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
@@ -39,7 +39,6 @@ class LoadedModel:
         label_columns: logits column of entailment, neutral and contradiction, in that order.
         max_length: the most tokens one (prompt, hypothesis) pair may have.
         input_names: the tokenizer outputs the model takes (token_type_ids or not).
-        crossencoder: the `CrossEncoder` it was loaded through (kept for reference scoring).
     """
 
     name: str
@@ -50,7 +49,6 @@ class LoadedModel:
     label_columns: tuple[int, int, int]
     max_length: int
     input_names: tuple[str, ...]
-    crossencoder: Any = field(default=None, repr=False)
 
     @property
     def uses_token_types(self) -> bool:
@@ -220,5 +218,4 @@ def load_model(
         label_columns=columns,
         max_length=length,
         input_names=names,
-        crossencoder=ce,
     )

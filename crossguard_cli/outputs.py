@@ -14,12 +14,10 @@ from typing import IO, Any
 
 from crossguard_cli.decide import Decision, percent, rule_state
 from crossguard_cli.inputs import Record
-from crossguard_cli.rules import RuleSet
+from crossguard_cli.rules import LABELS, RuleSet
 from crossguard_cli.scorer import PromptScores
 
-FORMATS_BATCH = ("table", "jsonl", "csv")
-FORMATS_CHECK = ("table", "jsonl", "csv", "json")
-LABEL_KEYS = ("entailment", "neutral", "contradiction")
+LABEL_KEYS = LABELS
 
 # Valid inside JSON strings, but `str.splitlines`, editors and some JSON parsers break lines there.
 _LINE_BREAKS = re.compile("[\x85\u2028\u2029]")
@@ -29,6 +27,12 @@ def to_json(record: dict[str, Any], indent: int | None = None) -> str:
     """JSON text of `record`, non-ASCII kept readable, but never a character that breaks a line."""
     text = json.dumps(record, ensure_ascii=False, indent=indent)
     return _LINE_BREAKS.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def where(record: dict[str, Any] | Record) -> str:
+    """`source:line` of a record (or of an output record), `source` alone when there is no line."""
+    source, line = (record["source"], record["line"]) if isinstance(record, dict) else (record.source, record.line)
+    return source if line is None else f"{source}:{line}"
 
 
 def _head(rec: Record) -> dict[str, Any]:
@@ -105,8 +109,10 @@ class CsvWriter:
         for rule, labels in record.get("scores", {}).items():
             for label, value in labels.items():
                 row[f"{rule}.{label}"] = f"{value:.2f}"
-        if isinstance(row.get("id"), (dict, list)):
+        if isinstance(row.get("id"), (dict, list, bool)):
             row["id"] = json.dumps(row["id"], ensure_ascii=False)
+        if "truncated" in row:  # the same spelling as jsonl, not Python's True/False
+            row["truncated"] = json.dumps(row["truncated"])
         self.writer.writerow(row)
 
     def flush(self) -> None:

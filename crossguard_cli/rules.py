@@ -129,7 +129,8 @@ def parse_rules(text: str, source: str) -> RuleSet:
     return _Checker(source).ruleset(data, line)
 
 
-def check_hypothesis_lengths(ruleset: RuleSet, count_tokens: Callable[[str], int], limit: int) -> None:
+def check_hypothesis_lengths(ruleset: RuleSet, count_tokens: Callable[[str], int], limit: int,
+                             max_length: int | None = None) -> None:
     """Fail on the first hypothesis longer than `limit` tokens.
 
     Hypotheses are never cut (a cut hypothesis asks a different question), so one that leaves
@@ -144,8 +145,9 @@ def check_hypothesis_lengths(ruleset: RuleSet, count_tokens: Callable[[str], int
             field = f"rules[{i}].{key}[{j}]" if key == "hypotheses" else f"rules[{i}].{key}"
             line = rule.hypothesis_lines[j] if j < len(rule.hypothesis_lines) else rule.line
             raise RulesError(
-                f"{field}: hypothesis is {n} tokens; at most {limit} fit with the model's max length; "
-                "shorten it",
+                f"{field}: hypothesis is {n} tokens; at most {limit} fit "
+                + (f"with --max-length {max_length} (raise it, or shorten the hypothesis)" if max_length
+                   else "with the model's max length; shorten it"),
                 where=f"{ruleset.source}:{line}" if line else ruleset.source,
             )
 

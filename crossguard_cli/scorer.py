@@ -12,17 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from crossguard_cli.errors import CrossguardError
 from crossguard_cli.model import LoadedModel
 from crossguard_cli.pairs import learn_template, min_window, normalize_text, window_spans
-from crossguard_cli.rules import RuleSet, check_hypothesis_lengths
+from crossguard_cli.rules import LABELS, RuleSet, check_hypothesis_lengths
 
 LONG_INPUT = ("window", "truncate")
-LABEL_INDEX = {"entailment": 0, "neutral": 1, "contradiction": 2}
-
-
-class ScoringError(CrossguardError):
-    """A prompt that could not be scored (e.g. out of GPU memory even alone)."""
+LABEL_INDEX = {label: i for i, label in enumerate(LABELS)}  # E, N, C: the column order of scores
 
 
 @dataclass(frozen=True)
@@ -94,7 +89,7 @@ class Scorer:
         self.template = learn_template(model.tokenizer)
         limit = model.max_length - self.template.n_special - min_window(model.max_length)
         self._tokens: dict[str, list[int]] = {}
-        check_hypothesis_lengths(ruleset, lambda h: len(self._hypothesis_ids(h)), limit)
+        check_hypothesis_lengths(ruleset, lambda h: len(self._hypothesis_ids(h)), limit, model.max_length)
         self.hypotheses = ruleset.hypotheses
         self._hyp_ids = [self._hypothesis_ids(h) for h in self.hypotheses]
         self._rule_hyps = [[self.hypotheses.index(h) for h in rule.hypotheses] for rule in ruleset.rules]
@@ -156,6 +151,10 @@ class Scorer:
         np.add.at(windows, (p_idx, h_idx), 1)
         bad = np.zeros(n_prompts, dtype=bool)
         bad[p_idx[failed]] = True
+        # Overflow in half precision gives NaN; a guardrail must never read that as "allowed".
+        nonfinite = np.zeros(n_prompts, dtype=bool)
+        nonfinite[p_idx[~np.isfinite(probs).all(axis=1)]] = True
+        failed = failed | ~np.isfinite(probs).all(axis=1)
         best = np.full((n_prompts, n_hyp, 3, 3), -1.0)  # [prompt, hypothesis, deciding label, E/N/C]
         later_first = -np.arange(len(owners))
         for lab in range(3):
@@ -172,8 +171,10 @@ class Scorer:
         k = windows.max(axis=1, initial=1)
         results = []
         for p in range(n_prompts):
-            if bad[p]:
-                results.append(PromptScores({}, int(k[p]), cut[p], "out of GPU memory scoring this prompt even alone"))
+            if bad[p] or nonfinite[p]:
+                why = ("out of GPU memory scoring this prompt even alone" if bad[p] else
+                       f"the model gave non-finite scores in {self.model.dtype}; try --dtype float32")
+                results.append(PromptScores({}, int(k[p]), cut[p], why))
                 continue
             scores = {name: RuleScore(float(enc[p, 0]), float(enc[p, 1]), float(enc[p, 2]), int(pos[p]))
                       for name, pos, enc in picks}
@@ -231,4 +232,4 @@ class Scorer:
         return e / e.sum(axis=1, keepdims=True)
 
 
-__all__ = ["PromptScores", "RuleScore", "Scorer", "ScoringError", "default_batching"]
+__all__ = ["PromptScores", "RuleScore", "Scorer", "default_batching"]

@@ -11,7 +11,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from crossguard_cli.outputs import rule_rows
+from crossguard_cli.outputs import rule_rows, where
 from crossguard_cli.rules import RuleSet
 
 _STYLE = {"flagged": "bold red", "uncertain": "yellow", "allowed": "green", "error": "bold magenta",
@@ -61,18 +61,18 @@ class TableWriter:
 
     def _line(self, record: dict[str, Any]) -> None:
         status = record.get("status")
-        where = f"{record['source']}:{record['line'] if record['line'] is not None else '-'}"
+        place = where(record)
         if status == "ok":
             verdict = record["verdict"]
             names = record["flagged"] or record["uncertain"]
             detail = ", ".join(names)
             text = _snippet(record.get("text"))
-            self.console.print(f"{escape(where)}  [{_STYLE[verdict]}]{verdict:9}[/] "
+            self.console.print(f"{escape(place)}  [{_STYLE[verdict]}]{verdict:9}[/] "
                                f"{escape(detail):30} [dim]{escape(text)}[/]")
         elif status == "error":
-            self.console.print(f"{escape(where)}  [{_STYLE['error']}]error[/]     {escape(record['error'])}")
+            self.console.print(f"{escape(place)}  [{_STYLE['error']}]error[/]     {escape(record['error'])}")
         else:
-            self.console.print(f"{escape(where)}  [dim]empty[/]")
+            self.console.print(f"{escape(place)}  [dim]empty[/]")
 
     def flush(self) -> None:
         self.console.file.flush()

@@ -95,6 +95,9 @@ def run_cli(capsysbinary, monkeypatch):
     """Run `crossguard ARGS` in-process; returns (exit code, stdout text, stderr text)."""
     from crossguard_cli.cli import main
 
+    for key in ("CROSSGUARD_RULES", "CROSSGUARD_MODEL", "CROSSGUARD_DEVICE"):  # a user's own settings
+        monkeypatch.delenv(key, raising=False)
+
     def run(*args: str, stdin: bytes | None = None, env: dict | None = None):
         import io
 
@@ -116,8 +119,8 @@ def run_cli(capsysbinary, monkeypatch):
 def cli_env(**extra: str) -> dict[str, str]:
     """Environment for CLI subprocesses: PYTHONUNBUFFERED unset (it hides missing flushes)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
-    env.pop("CROSSGUARD_RULES", None)
-    env.pop("CROSSGUARD_MODEL", None)
+    for key in ("CROSSGUARD_RULES", "CROSSGUARD_MODEL", "CROSSGUARD_DEVICE"):
+        env.pop(key, None)
     env.update(extra)
     return env
 

@@ -220,3 +220,48 @@ def test_offline_hub_model_fails_in_one_line(tmp_path):
     assert len(proc.stderr.splitlines()) == 1, proc.stderr
     assert proc.stderr.startswith("crossguard: error: cannot load model 'someorg/not-a-cached-model'")
     assert "local folder" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_environment_variables_and_their_precedence(run_cli, model_dirs, rules_file, tmp_path):
+    rules = rules_file(FIRE_ALL)
+    code, out, err = run_cli("check", "hi", env={"CROSSGUARD_MODEL": str(model_dirs["bert-CEN"]),
+                                                 "CROSSGUARD_RULES": rules, "CROSSGUARD_DEVICE": "cpu"})
+    assert code == 1 and list(json.loads(out)["scores"]) == ["any"], err
+    code, out, _ = run_cli("check", "hi", "-r", rules_file(FIRE_NONE, "other.yaml"),
+                           env={"CROSSGUARD_MODEL": str(model_dirs["bert-CEN"]), "CROSSGUARD_RULES": rules})
+    assert code == 0  # --rules beats CROSSGUARD_RULES
+    code, out, err = run_cli("validate", env={"CROSSGUARD_RULES": rules})
+    assert code == 0 and "any" in out
+    code, out, err = run_cli("check", "hi", "-m", str(model_dirs["bert-CEN"]), env={"CROSSGUARD_DEVICE": "gpu9"})
+    assert code == 2 and "--device" in err and "gpu9" in err
+
+
+def test_relative_model_in_rules_file_is_found_beside_it(run_cli, model_dir, tmp_path, monkeypatch):
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "model").symlink_to(model_dir)
+    (tmp_path / "cfg" / "rules.yaml").write_text(FIRE_ALL.replace("version: 1\n", "version: 1\nmodel: model\n"))
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli("check", "hi", "-r", "cfg/rules.yaml")
+    assert code == 1, err
+
+
+def test_nonfinite_scores_are_an_error_never_allowed(run_cli, model_dir, monkeypatch):
+    def broken(self, ids, mask, types):
+        return np.full((len(ids), 3), np.nan, dtype=np.float32)
+
+    monkeypatch.setattr(LoadedModel, "logits", broken)
+    code, out, err = run_cli("check", "hi", "-m", str(model_dir))
+    assert code == 2 and out == "" and "non-finite" in err and "--dtype float32" in err
+
+
+def test_piped_table_has_no_ansi_even_with_force_color(run_cli, model_dir):
+    code, out, _ = run_cli("check", "hi", "-m", str(model_dir), "-f", "table", env={"FORCE_COLOR": "1"})
+    assert "verdict" in out and "\x1b[" not in out
+
+
+def test_route_mode_csv_has_a_route_column(run_cli, model_dir, rules_file):
+    text = "version: 1\nmode: route\ndefaults: {threshold: 0.0}\nrules:\n  - name: a\n    hypothesis: x y\n"
+    code, out, _ = run_cli("check", "hi", "-m", str(model_dir), "-r", rules_file(text), "-f", "csv")
+    header, row = out.splitlines()
+    cols = dict(zip(header.split(","), row.split(","), strict=False))
+    assert cols["route"] == "a" and cols["truncated"] == "false"
