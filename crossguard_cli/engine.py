@@ -10,10 +10,7 @@ from __future__ import annotations
 import os
 
 from crossguard_cli import DEFAULT_MODEL
-from crossguard_cli.errors import UsageError
 from crossguard_cli.rules import RuleSet, load_rules
-
-BACKENDS = ("torch", "onnx", "openvino")
 
 
 def quiet_libraries() -> None:
@@ -68,8 +65,6 @@ def build_scorer(
     Rules load first: a broken rules file is reported before a model is downloaded.
     """
     ruleset = resolve_rules(rules_path, threshold)
-    if backend not in BACKENDS:
-        raise UsageError(f"--backend: {backend!r} is not one of {', '.join(BACKENDS)}")
     quiet_libraries()
     from crossguard_cli.model import load_model
     from crossguard_cli.scorer import Scorer

@@ -129,7 +129,19 @@ def resolve_dtype(dtype: str, device: str):
     return getattr(torch, dtype)
 
 
-def _model_limit(tokenizer, config) -> int | None:
+def check_model_name(name: str) -> None:
+    """Fail fast on a path-like name that is no folder, before asking the hub about it."""
+    if not os.path.isdir(name) and (name.startswith(("/", ".", "~")) or name.count("/") > 1):
+        raise ModelError(f"no such model folder: {name}; give --model a folder or a hub id like ORG/NAME")
+
+
+def require_fast_tokenizer(tokenizer, name: str) -> None:
+    """Windows and pair templates need a fast (Rust) tokenizer."""
+    if tokenizer is None or not getattr(tokenizer, "is_fast", False):
+        raise ModelError(f"model {name!r} has no fast tokenizer; crossguard needs one (tokenizer.json)")
+
+
+def model_limit(tokenizer, config) -> int | None:
     """The model's own token limit, from the tokenizer or the position embeddings."""
     limits = []
     tok_max = getattr(tokenizer, "model_max_length", None)
@@ -173,7 +185,8 @@ def load_model(
         device: auto, cpu, cuda, cuda:N or mps.
         dtype: auto, float32, float16 or bfloat16.
         max_length: tokens per (prompt, hypothesis) pair, capped by the model's own limit.
-        backend: "torch"; "onnx" and "openvino" run the same model through those runtimes.
+        backend: "torch"; "onnx" (exact) and "onnx-int8" (faster, approximate) run the same
+            model through ONNX Runtime on the CPU; "openvino" is reserved and refused for now.
 
     Raises:
         ModelError: the model cannot be found or loaded, or is not a 3-label NLI model.
@@ -182,12 +195,13 @@ def load_model(
     if backend != "torch":
         from crossguard_cli.backends import load_runtime_model
 
-        return load_runtime_model(name, revision=revision, backend=backend, max_length=max_length)
+        if (dtype or "auto") not in ("auto", "float32"):
+            raise UsageError(f"--dtype {dtype}: --backend {backend} runs in float32 (or int8 with onnx-int8)")
+        return load_runtime_model(name, revision=revision, backend=backend, max_length=max_length, device=device)
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     local = os.path.isdir(name)
-    if not local and (name.startswith(("/", ".", "~")) or name.count("/") > 1):
-        raise ModelError(f"no such model folder: {name}; give --model a folder or a hub id like ORG/NAME")
+    check_model_name(name)
     try:
         ce = _load_crossencoder(name, revision, device, torch_dtype)
     except ModelError:
@@ -203,9 +217,8 @@ def load_model(
     module = ce[0].auto_model
     columns = label_columns(getattr(module.config, "id2label", None))
     tokenizer = ce.tokenizer
-    if tokenizer is None or not getattr(tokenizer, "is_fast", False):
-        raise ModelError(f"model {name!r} has no fast tokenizer; crossguard needs one (tokenizer.json)")
-    limit = _model_limit(tokenizer, module.config)
+    require_fast_tokenizer(tokenizer, name)
+    limit = model_limit(tokenizer, module.config)
     length = min(max_length, limit) if limit else max_length
     module.eval()
     names = tuple(getattr(tokenizer, "model_input_names", ("input_ids", "attention_mask")))

@@ -50,7 +50,9 @@ ThresholdOpt = Annotated[float | None, typer.Option("--threshold", callback=with
                          help="Override every rule's threshold (0 to 1).")]
 LongOpt = Annotated[str, typer.Option("--long-input", callback=choice("--long-input", ("window", "truncate")),
                     help="window: score overlapping windows, best wins; truncate: first window only.")]
-BackendOpt = Annotated[str, typer.Option("--backend", callback=choice("--backend", ("torch", "onnx",
-                       "openvino")), help="Inference backend: torch, onnx or openvino.")]
+BACKENDS = ("torch", "onnx", "onnx-int8", "openvino")
+BackendOpt = Annotated[str, typer.Option("--backend", callback=choice("--backend", BACKENDS), help="torch; onnx "
+                       "(ONNX Runtime on the CPU, exact); onnx-int8 (int8 weights: faster, approximate); openvino "
+                       "(not available yet).")]
 
 

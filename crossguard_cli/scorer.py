@@ -47,7 +47,7 @@ def default_batching(device: str) -> tuple[int, int]:
     """(pairs per batch, padded tokens per batch) that suit the device."""
     if str(device).startswith("cuda"):
         return 1024, 131072
-    return 64, 8192
+    return 32, 4096
 
 
 class Scorer:
