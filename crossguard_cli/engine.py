@@ -59,12 +59,14 @@ def build_scorer(
     threshold: float | None = None,
     long_input: str = "window",
     backend: str = "torch",
+    ruleset: RuleSet | None = None,
 ):
     """Load the rules, then the model, and return a ready `Scorer`.
 
-    Rules load first: a broken rules file is reported before a model is downloaded.
+    Rules load first: a broken rules file is reported before a model is downloaded. A caller
+    that has already loaded them (eval reads them before the labels) passes `ruleset`.
     """
-    ruleset = resolve_rules(rules_path, threshold)
+    ruleset = ruleset or resolve_rules(rules_path, threshold)
     quiet_libraries()
     from crossguard_cli.model import load_model
     from crossguard_cli.scorer import Scorer

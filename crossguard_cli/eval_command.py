@@ -90,7 +90,7 @@ def eval_command(
         pairs = lb.pair_in_order(truth, _score_file(labelled, field, id_field, dict(
             rules_path=rules, model=model, revision=revision, device=device, dtype=dtype, batch_size=batch_size,
             max_length=max_length, max_chars=max_chars, threshold=threshold, long_input=long_input,
-            backend=backend)))
+            backend=backend, ruleset=ruleset)))
     report = ev.build_report(pairs, ruleset.rules, target_precision=target_precision)
     if (fmt or ("table" if sys.stdout.isatty() else "json")) == "json":
         sys.stdout.write(json.dumps(ev.report_to_json(report), indent=2) + "\n")

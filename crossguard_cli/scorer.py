@@ -104,17 +104,18 @@ class Scorer:
     def score(self, texts: Sequence[str]) -> list[PromptScores]:
         """Score prompts; the result has one entry per text, in order."""
         capped = [t[: self.max_chars] for t in texts]
+        normalized = [normalize_text(t) for t in capped]  # once per text: NFKC of 50k chars is not free
         unique: dict[str, int] = {}
-        for t in capped:
-            unique.setdefault(normalize_text(t), len(unique))
+        for t in normalized:
+            unique.setdefault(t, len(unique))
         keys = list(unique)
         prompt_ids = self.model.tokenizer(keys, add_special_tokens=False)["input_ids"] if keys else []
         rows, owners, cut = self._assemble(prompt_ids)
         probs, failed = self._run(rows)
         per_unique = self._reduce(len(keys), owners, probs, failed, cut)
         out = []
-        for original, c in zip(texts, capped, strict=True):
-            s = per_unique[unique[normalize_text(c)]]
+        for original, c, n in zip(texts, capped, normalized, strict=True):
+            s = per_unique[unique[n]]
             if len(c) < len(original) and s.error is None:
                 s = PromptScores(s.rules, s.windows, True)
             out.append(s)
