@@ -78,19 +78,19 @@ def run_zero_shot(spec: dict, prompts: list[str], hyps: list[str]) -> dict:
 
 def run_crossguard(spec: dict, prompts: list[str], hyps: list[str]) -> dict:
     """(3) crossguard in-process: the Scorer, fed in the groups `crossguard batch` uses."""
-    from crossguard_cli.engine import quiet_libraries
+    from crossguard_cli.engine.loader import quiet_libraries
+    from crossguard_cli.engine.scorer import Scorer
     from crossguard_cli.rules import load_rules
-    from crossguard_cli.scorer import Scorer
 
     quiet_libraries()
     start = time.perf_counter()
     backend = spec.get("backend", "torch")
     if backend == "torch":
-        from crossguard_cli.model import load_model
+        from crossguard_cli.engine.loader import load_model
 
         model = load_model(spec["model"], device=spec["device"])
     else:
-        from crossguard_cli.backends import load_runtime_model
+        from crossguard_cli.engine.onnx_model import load_runtime_model
 
         model = load_runtime_model(spec["model"], backend=backend, cache_dir=spec.get("cache"))
     scorer = Scorer(model, load_rules(None))

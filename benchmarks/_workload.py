@@ -94,7 +94,8 @@ def pair_lengths(prompts: list[str], hyps: list[str], max_length: int = 512) -> 
     Both add 3 special tokens ([CLS] A [SEP] B [SEP]); truncation keeps the first tokens of a
     long prompt, crossguard scores overlapping windows that cover all of it.
     """
-    from crossguard_cli.pairs import normalize_text, window_spans
+    from crossguard_cli.engine.pairs import window_spans
+    from crossguard_cli.records.text import normalize_text
 
     tok = load_tokenizer()
     p_len = [len(e.ids) for e in tok.encode_batch([normalize_text(p) for p in prompts], add_special_tokens=False)]

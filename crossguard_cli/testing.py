@@ -173,7 +173,7 @@ def _main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--shape", default="tiny", choices=sorted(SHAPES))
     ap.add_argument("--texts", help="a .txt or .jsonl(.gz) file to train the tokenizer on")
     args = ap.parse_args(argv)
-    from crossguard_cli.engine import quiet_libraries
+    from crossguard_cli.engine.loader import quiet_libraries
 
     quiet_libraries()
     texts: list[str] = []
@@ -185,7 +185,9 @@ def _main(argv: Sequence[str] | None = None) -> None:
                     obj = json.loads(line)
                     line = next((obj[k] for k in ("text", "prompt", "input", "content") if k in obj), "")
                 texts.append(line)
-    rules = Path(__file__).resolve().parent / "data" / "default_rules.yaml"
+    from crossguard_cli.rules import default_rules_path
+
+    rules = default_rules_path()
     texts += rules.read_text(encoding="utf-8").splitlines()
     path = build_model_folder(args.folder, arch=args.arch, shape=args.shape, texts=texts, vocab_size=8000)
     print(path)

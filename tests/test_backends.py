@@ -63,7 +63,7 @@ def ruleset(tmp_path_factory):
 
 
 def _scores(model, ruleset):
-    from crossguard_cli.scorer import Scorer
+    from crossguard_cli.engine.scorer import Scorer
 
     return Scorer(model, ruleset).score(PROMPTS)
 
@@ -80,8 +80,8 @@ def _largest_difference(a, b) -> float:
 
 @pytest.mark.parametrize("spec", ["bert-ENC", "bert-CEN", "deberta-CEN", "modernbert-NCE"])
 def test_onnx_fp32_matches_torch(spec, model_dirs, onnx_cache, ruleset):
-    from crossguard_cli.backends import load_runtime_model
-    from crossguard_cli.model import load_model
+    from crossguard_cli.engine.loader import load_model
+    from crossguard_cli.engine.onnx_model import load_runtime_model
 
     torch_model = load_model(str(model_dirs[spec]), device="cpu", dtype="float32", max_length=MAX_LENGTH)
     onnx_model = load_runtime_model(str(model_dirs[spec]), max_length=MAX_LENGTH, cache_dir=onnx_cache)
@@ -106,8 +106,8 @@ def test_onnx_fp32_matches_torch(spec, model_dirs, onnx_cache, ruleset):
 
 @pytest.mark.parametrize("spec", ["bert-CEN", "modernbert-NCE"])
 def test_onnx_int8_close_to_torch(spec, model_dirs, onnx_cache, ruleset):
-    from crossguard_cli.backends import load_runtime_model
-    from crossguard_cli.model import load_model
+    from crossguard_cli.engine.loader import load_model
+    from crossguard_cli.engine.onnx_model import load_runtime_model
 
     torch_model = load_model(str(model_dirs[spec]), device="cpu", dtype="float32", max_length=MAX_LENGTH)
     int8 = load_runtime_model(str(model_dirs[spec]), backend="onnx-int8", max_length=MAX_LENGTH,
@@ -119,7 +119,7 @@ def test_onnx_int8_close_to_torch(spec, model_dirs, onnx_cache, ruleset):
 def test_export_is_cached_and_keyed_by_the_files(model_dirs, onnx_cache, tmp_path):
     import shutil
 
-    from crossguard_cli.backends import load_runtime_model
+    from crossguard_cli.engine.onnx_model import load_runtime_model
 
     folder = tmp_path / "model"
     shutil.copytree(model_dirs["bert-ENC"], folder)
@@ -134,7 +134,7 @@ def test_export_is_cached_and_keyed_by_the_files(model_dirs, onnx_cache, tmp_pat
 
 
 def test_engine_and_cli_use_the_onnx_backend(model_dirs, tmp_path, monkeypatch, run_cli):
-    from crossguard_cli.model import load_model
+    from crossguard_cli.engine.loader import load_model
 
     monkeypatch.setenv("CROSSGUARD_CACHE_DIR", str(tmp_path))
     code, out, err = run_cli("check", "How do I bake bread?", "--model", str(model_dirs["bert-CEN"]),
@@ -150,11 +150,9 @@ def test_engine_and_cli_use_the_onnx_backend(model_dirs, tmp_path, monkeypatch, 
 
 
 def test_unsupported_backends_and_devices_are_clear(model_dirs, onnx_cache):
-    from crossguard_cli.backends import load_runtime_model
+    from crossguard_cli.engine.onnx_model import load_runtime_model
 
     folder = str(model_dirs["bert-ENC"])
-    with pytest.raises(ModelError, match="openvino is not supported yet; use --backend onnx"):
-        load_runtime_model(folder, backend="openvino", cache_dir=onnx_cache)
     with pytest.raises(ModelError, match="unknown backend"):
         load_runtime_model(folder, backend="tensorrt", cache_dir=onnx_cache)
     with pytest.raises(ModelError, match="unknown quantisation"):
@@ -166,7 +164,7 @@ def test_unsupported_backends_and_devices_are_clear(model_dirs, onnx_cache):
 
 
 def test_not_an_nli_model_is_refused_before_export(bad_label_dirs, tmp_path):
-    from crossguard_cli.backends import load_runtime_model
+    from crossguard_cli.engine.onnx_model import load_runtime_model
 
     with pytest.raises(ModelError, match="not a 3-label NLI model"):
         load_runtime_model(str(bad_label_dirs["generic"]), cache_dir=tmp_path)
@@ -176,7 +174,7 @@ def test_not_an_nli_model_is_refused_before_export(bad_label_dirs, tmp_path):
 def test_export_failure_is_one_clear_model_error(model_dirs, tmp_path, monkeypatch):
     import torch
 
-    from crossguard_cli.backends import load_runtime_model
+    from crossguard_cli.engine.onnx_model import load_runtime_model
 
     def refuse(*args, **kwargs):
         raise RuntimeError("Exporting the operator 'aten::fancy' to ONNX opset version 17 is not supported.\n"
@@ -197,7 +195,7 @@ def test_cli_backend_options_reach_the_runtime(model_dirs, tmp_path, monkeypatch
     assert code in (0, 1), err
     assert list(tmp_path.glob("onnx/*/model-int8.onnx"))
     for args, needle in ((["--device", "cuda"], "runs on the CPU"), (["--dtype", "float16"], "--dtype float16"),
-                         (["--backend", "openvino"], "openvino is not supported yet")):
+                         (["--backend", "tensorrt"], "--backend: 'tensorrt' is not one of torch, onnx")):
         backend = [] if "--backend" in args else ["--backend", "onnx"]
         code, out, err = run_cli("check", "hi", "-m", model, *backend, *args)
         assert code == 2 and out == "" and needle in err and len(err.splitlines()) == 1

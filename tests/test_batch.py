@@ -16,8 +16,9 @@ import time
 
 import pytest
 
-from crossguard_cli.inputs import Record
-from crossguard_cli.pipeline import Tally, groups, score_records
+from crossguard_cli.engine.results import Tally
+from crossguard_cli.engine.stream import groups, score_records
+from crossguard_cli.records.inputs import Record
 
 RULES = """\
 version: 1
@@ -219,9 +220,9 @@ def test_scores_match_crossencoder_and_check(name, model_dirs, run_cli, rules, m
 
 @pytest.fixture(scope="module")
 def spied_scorer(model_dir, rules):
-    from crossguard_cli.engine import build_scorer
+    from crossguard_cli.api import Guard
 
-    scorer = build_scorer(rules_path=rules["three"], model=str(model_dir), device="cpu", batch_size=64)
+    scorer = Guard(rules["three"], str(model_dir), device="cpu", batch_size=64)._scorer
     calls: list[list[int]] = []
     real = scorer.model.logits
 
@@ -262,14 +263,29 @@ def test_pairs_of_a_group_share_forward_passes_sorted_by_length(spied_scorer, mo
             assert a["scores"][rule] == pytest.approx(c["scores"][rule], abs=0.011)
 
 
-def test_cuda_out_of_memory_halves_the_batch_then_gives_an_error_record(
-        batch, monkeypatch, moderation_records) -> None:
+OUT_OF_MEMORY = {
+    "cuda": lambda: __import__("torch").cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    "cpu": lambda: RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: "
+                                "you tried to allocate 8589934592 bytes"),
+    "onnxruntime": lambda: Exception("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code returned "
+                                     "while running MatMul node. Failed to allocate memory for requested buffer"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(OUT_OF_MEMORY))
+def test_out_of_memory_retries_smaller_outside_the_handler_and_keeps_the_smaller_budget(
+        batch, monkeypatch, moderation_records, kind) -> None:
+    """A fake model that allocates its pass's activations, then fails above a size: each retry must
+    find the failed pass's memory freed, later batches stay under the size that worked, and a pair
+    that does not fit even alone becomes an error record while its neighbours are scored."""
+    import weakref
+
     import torch
 
-    from crossguard_cli.model import LoadedModel
+    from crossguard_cli.engine.torch_model import LoadedModel
 
     long_prompt = next(r["prompt"] for r in moderation_records if 800 < len(r["prompt"]) < 1500)
-    prompts = short_prompts(moderation_records, 5)
+    prompts = short_prompts(moderation_records, 40)
     lines = prompts[:2] + [as_text_line(long_prompt)] + prompts[2:]
     stdin = ("\n".join(lines) + "\n").encode()
     code, baseline, err = batch("--input-format", "text", stdin=stdin)
@@ -277,24 +293,43 @@ def test_cuda_out_of_memory_halves_the_batch_then_gives_an_error_record(
 
     real = LoadedModel.logits
     sizes: list[int] = []
+    failed_pass_memory: list[weakref.ref] = []
 
     def tight_memory(self, ids, mask, types):
+        assert all(ref() is None for ref in failed_pass_memory), "a failed pass's tensors were alive at the retry"
         sizes.append(len(ids))
-        if len(ids) > 2 or int(mask.sum(axis=1).max()) > 100:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        activations = torch.empty(len(ids), ids.shape[1], 32)  # what a real pass holds when it fails
+        if len(ids) > 3 or int(mask.sum(axis=1).max()) > 180:
+            failed_pass_memory.append(weakref.ref(activations))
+            raise OUT_OF_MEMORY[kind]()
         return real(self, ids, mask, types)
 
     monkeypatch.setattr(LoadedModel, "logits", tight_memory)
-    code, out, err = batch("--input-format", "text", stdin=stdin)
+    code, out, err = batch("--input-format", "text", "--batch-size", "32", stdin=stdin)
     assert code == 2
-    assert sizes[0] > 2 and 2 in sizes and 1 in sizes  # halved, and halved again
+    assert sizes[0] == 32 and 16 in sizes and 8 in sizes and 4 in sizes  # halved on each failure
+    first_fit = next(i for i, n in enumerate(sizes) if n <= 3)
+    assert max(sizes[first_fit:]) <= 2  # the budget that worked is kept for every later batch
     assert len(out) == len(lines)
-    assert out[2]["status"] == "error" and "memory" in out[2]["error"] and out[2]["line"] == 3
+    assert out[2]["status"] == "error" and "out of memory" in out[2]["error"] and out[2]["line"] == 3
     assert error_lines(err) == [f"crossguard: error: stdin:3: {out[2]['error']}"]
     for got, want in zip(out[:2] + out[3:], baseline[:2] + baseline[3:], strict=True):
         assert got["status"] == "ok" and got["text"] == want["text"]
         for rule in want["scores"]:
             assert got["scores"][rule] == pytest.approx(want["scores"][rule], abs=0.011)
+
+
+def test_other_model_errors_are_not_mistaken_for_out_of_memory(batch, monkeypatch) -> None:
+    from crossguard_cli.engine.torch_model import LoadedModel
+
+    def broken(self, ids, mask, types):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x64 and 32x3)")
+
+    monkeypatch.setattr(LoadedModel, "logits", broken)
+    code, out, err = batch("--input-format", "text", stdin=b"hello there\n")
+    assert code == 2 and out == []
+    assert err.startswith("crossguard: error: internal error: RuntimeError: mat1 and mat2 shapes") and \
+        len(err.splitlines()) == 1
 
 
 # --- bad input: an error record in place, the neighbours scored ----------------------------------
@@ -454,7 +489,7 @@ def test_quiet_leaves_stderr_empty(batch) -> None:
 def test_progress_bar_draws_on_a_terminal_and_stays_silent_otherwise(capsys) -> None:
     from rich.console import Console
 
-    from crossguard_cli.progress import Progress
+    from crossguard_cli.cli.progress import Progress
 
     buf = io.StringIO()
     with Progress(Console(file=buf, force_terminal=True, width=100), enabled=True) as bar:

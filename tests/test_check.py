@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import cli_cmd, cli_env
 
-from crossguard_cli.model import LoadedModel
+from crossguard_cli.engine.torch_model import LoadedModel
 
 FIRE_ALL = "version: 1\ndefaults: {threshold: 0.0}\nrules:\n  - name: any\n    hypothesis: The prompt is text.\n"
 FIRE_NONE = "version: 1\ndefaults: {threshold: 1.0}\nrules:\n  - name: any\n    hypothesis: The prompt is text.\n"
@@ -151,7 +151,7 @@ def test_model_precedence_option_env_rules_file(run_cli, model_dirs, rules_file,
 def test_long_prompt_deciding_text_beyond_the_first_window(run_cli, model_dir, rules_file, monkeypatch):
     """A rigged model entails only when the prompt part holds 'bomb'; the word sits far past
     the first window, so windows catch it and truncation misses it (but says it truncated)."""
-    from crossguard_cli.model import load_model
+    from crossguard_cli.engine.loader import load_model
 
     tok = load_model(str(model_dir), device="cpu").tokenizer
     word = next(w for w in ("bomb", "weapon", "weapons", "kill", "gun") if len(tok(w, add_special_tokens=False)
@@ -217,9 +217,26 @@ def test_offline_hub_model_fails_in_one_line(tmp_path):
     proc = subprocess.run(cli_cmd("check", "hi", "-m", "someorg/not-a-cached-model"), capture_output=True,
                           text=True, env=env, timeout=120)
     assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == ("crossguard: error: model 'someorg/not-a-cached-model' is not in the local cache and "
+                           "HF_HUB_OFFLINE is set; download it where the hub is reachable (it is cached after), or "
+                           "set --model to a local folder\n")
+
+
+def test_unreachable_hub_fails_at_the_first_connection_error(tmp_path):
+    """Not cached, hub unreachable: one line within seconds, not the hub client's five retries."""
+    import time
+
+    env = cli_env(HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT="http://127.0.0.1:9")  # discard port: refused
+    env.pop("HF_HUB_OFFLINE", None)
+    start = time.monotonic()
+    proc = subprocess.run(cli_cmd("check", "hi", "-m", "someorg/not-a-cached-model"), capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert time.monotonic() - start < 20
+    assert proc.returncode == 2 and proc.stdout == ""
     assert len(proc.stderr.splitlines()) == 1, proc.stderr
-    assert proc.stderr.startswith("crossguard: error: cannot load model 'someorg/not-a-cached-model'")
-    assert "local folder" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("crossguard: error: model 'someorg/not-a-cached-model' is not in the local "
+                                  "cache and the Hugging Face hub cannot be reached (")
+    assert "Retrying" not in proc.stderr
 
 
 def test_environment_variables_and_their_precedence(run_cli, model_dirs, rules_file, tmp_path):

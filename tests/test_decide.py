@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from crossguard_cli.decide import decide, rule_state
+from crossguard_cli.engine.decide import decide, rule_state
 from crossguard_cli.rules import parse_rules
 
 RULES = """

@@ -279,7 +279,10 @@ def test_labels_list_format(small, run_cli):
     labelled = write_jsonl(tmp_path / "labels.jsonl", LABELS_FILE)
     tuned = tmp_path / "tuned.yaml"
     code, out, err = run_cli("eval", str(labelled), *common, "-f", "json", "--write-rules", str(tuned))
-    assert code == 0, err
+    # record e has no text: it is reported with file and line, and the run fails, as batch does
+    assert code == 2, err
+    assert err.splitlines()[0] == (f"crossguard: error: {labelled}:6: no text field: expected one of text, "
+                                   "prompt, input, content (use --field)")
     report = json.loads(out)
     assert (report["records"], report["scored"], report["skipped"]) == (6, 4, 2)
     support = {"sexual": 0, "hate": 1, "violence": 2, "self-harm": 1}  # e is not scored
@@ -298,7 +301,7 @@ def test_labels_list_format(small, run_cli):
     scored = tmp_path / "scored.jsonl"
     scored.write_text(out, encoding="utf-8")
     code, out, err = run_cli("eval", str(labelled), *common[:2], "--scores", str(scored), "-f", "json")
-    assert code == 0, err
+    assert code == 2 and err.splitlines() == [f"crossguard: error: {labelled}:6: {outs['e']['error']}"]
     assert json.loads(out) == report
 
 
@@ -352,10 +355,10 @@ def test_scores_file_that_does_not_match(run, run_cli, tmp_path):
                              "--scores", str(run.scored)), "no entailment score for rule 'hatred'")
     foreign = write_jsonl(tmp_path / "foreign.jsonl", [{"source": "x", "line": 1, "status": "ok", "scores": {}}])
     assert_one_error(run_cli(*base, str(foreign)), "no record with line 2")
-    assert_one_error(run_cli(*base, str(tmp_path / "missing.jsonl")), "missing.jsonl: cannot read")
+    assert_one_error(run_cli(*base, str(tmp_path / "missing.jsonl")), "missing.jsonl: cannot open")
     not_json = tmp_path / "scores.txt"
     not_json.write_text("flagged\n")
-    assert_one_error(run_cli(*base, str(not_json)), f"{not_json}:1: not valid JSON")
+    assert_one_error(run_cli(*base, str(not_json)), f"{not_json}:1: invalid JSON")
 
 
 @pytest.mark.parametrize("args", [
@@ -375,5 +378,5 @@ def test_bad_options_fail_before_scoring(small, run_cli, args, monkeypatch):
 
 def test_missing_or_stdin_labelled_file(small, run_cli, tmp_path):
     _, common = small
-    assert_one_error(run_cli("eval", str(tmp_path / "none.jsonl"), *common), "none.jsonl: cannot read")
+    assert_one_error(run_cli("eval", str(tmp_path / "none.jsonl"), *common), "none.jsonl: cannot open")
     assert_one_error(run_cli("eval", "-", *common, stdin=b'{"text": "a", "labels": []}\n'), "not stdin")

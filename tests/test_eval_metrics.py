@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 import yaml
 
-from crossguard_cli import evaluate as ev
-from crossguard_cli import labels as lb
-from crossguard_cli import metrics, tune
-from crossguard_cli.decide import rule_state
+from crossguard_cli.engine.decide import rule_state
 from crossguard_cli.errors import CrossguardError, InputError, RulesError, UsageError
-from crossguard_cli.rules import Rule, load_rules
+from crossguard_cli.evaluation import labels as lb
+from crossguard_cli.evaluation import metrics, tune
+from crossguard_cli.evaluation import report as ev
+from crossguard_cli.rules import Rule, edit, load_rules
 
 
 # ---------------------------------------------------------------- brute force, written apart
@@ -189,7 +189,7 @@ def test_suggested_threshold_reproduces_reported_f1(seed):
     assert bf_prf(s, y, t)[2] == pytest.approx(f, abs=1e-12)
     assert f == pytest.approx(max(bf_prf(s, y, v)[2] for v in set(s)))
     # written to YAML and read back, the threshold is the same float...
-    assert yaml.safe_load(f"threshold: {tune.format_threshold(t)}")["threshold"] == t
+    assert yaml.safe_load(f"threshold: {edit.format_threshold(t)}")["threshold"] == t
     # ...and `batch` (decide on printed percentages) fires on exactly the same records.
     rule = Rule(name="r", hypotheses=("h",), threshold=t)
     assert [rule_state(rule, v) == "fired" for v in s] == [v >= t for v in s]
@@ -201,10 +201,10 @@ def test_suggested_threshold_reproduces_reported_f1(seed):
 
 def test_format_threshold_is_positional_and_exact():
     for t in (0.0, 1.0, 0.8731, 1e-05, 0.123456789):
-        text = tune.format_threshold(t)
+        text = edit.format_threshold(t)
         assert "e" not in text and yaml.safe_load(text) == t
     with pytest.raises(ValueError):
-        tune.format_threshold(1.5)
+        edit.format_threshold(1.5)
 
 
 # ---------------------------------------------------------------- label formats and --map
@@ -273,18 +273,24 @@ def test_map_errors(spec, message):
         lb.parse_maps(["V=violence", "V=weapons"], NAMES)
 
 
-def test_read_labelled_errors_and_gzip(tmp_path):
+def test_read_labelled_keeps_unreadable_records_in_place_and_reads_gzip(tmp_path):
     path = tmp_path / "l.jsonl"
-    path.write_text('{"labels": []}\n\n{"labels": [\n')
-    with pytest.raises(InputError) as err:
-        lb.read_labelled(path, NAMES)
-    assert err.value.where == f"{path}:3" and "not valid JSON" in err.value.what
+    path.write_text('{"labels": []}\n\n{"labels": [\n{"expected": "allowed", "text": "x"}\n')
+    data = lb.read_labelled(path, NAMES)
+    assert [r.line for r in data.records] == [1, 3, 4]
+    assert [t is None for t in data.truth] == [False, True, False]
+    (bad,) = data.unreadable
+    assert bad.line == 3 and bad.status == "error" and "invalid JSON" in bad.error
+    assert [t.where for t in data.labelled] == [f"{path}:1", f"{path}:4"]
     gz = tmp_path / "l.jsonl.gz"
     gz.write_bytes(gzip.compress(b'{"labels": ["violence"]}\n\n{"expected": "allowed"}\n'))
-    recs = lb.read_labelled(gz, NAMES)
+    recs = lb.read_labelled(gz, NAMES).labelled
     assert [r.line for r in recs] == [1, 3] and recs[0].where == f"{gz}:1"
-    with pytest.raises(InputError, match="cannot read"):
+    with pytest.raises(InputError, match="cannot open"):
         lb.read_labelled(tmp_path / "missing.jsonl", NAMES)
+    with pytest.raises(InputError, match="labels\\[0\\]: unknown rule"):  # a bad label still stops at once
+        path.write_text('{"labels": ["violense"]}\n')
+        lb.read_labelled(path, NAMES)
 
 
 # ---------------------------------------------------------------- joins
@@ -338,15 +344,21 @@ def test_join_errors():
         lb.join_scores(lab, [(1, out(1, 1.0)), (2, out(2, 1.0, source="other.jsonl"))], "s.jsonl")
 
 
-def test_pair_in_order():
-    lab = labelled((1, None, 1), (2, None, 0))
-    assert len(lb.pair_in_order(lab, [out(1, 1.0), out(2, 1.0)])) == 2
+def test_pair_in_order_skips_unreadable_records_but_keeps_step():
+    from crossguard_cli.records.inputs import Record
+
+    truth = labelled((1, None, 1), (3, None, 0))
+    records = [Record("l.jsonl", 1, text="a"), Record("l.jsonl", 2, error="invalid JSON"),
+               Record("l.jsonl", 3, text="b")]
+    lab = lb.LabelledFile(records, [truth[0], None, truth[1]])
+    pairs = lb.pair_in_order(lab, [out(1, 1.0), out(2, 0, status="error"), out(3, 1.0)])
+    assert [(t.line, o["line"]) for t, o in pairs] == [(1, 1), (3, 3)]
     with pytest.raises(InputError, match="out of step"):
-        lb.pair_in_order(lab, [out(2, 1.0), out(1, 1.0)])
+        lb.pair_in_order(lab, [out(2, 1.0), out(1, 1.0), out(3, 1.0)])
     with pytest.raises(InputError, match="no scored record"):
         lb.pair_in_order(lab, [out(1, 1.0)])
     with pytest.raises(InputError, match="more scored records"):
-        lb.pair_in_order(lab, [out(1, 1.0), out(2, 1.0), out(3, 1.0)])
+        lb.pair_in_order(lab, [out(1, 1.0), out(2, 1.0), out(3, 1.0), out(4, 1.0)])
 
 
 # ---------------------------------------------------------------- the report
@@ -547,8 +559,20 @@ def test_errors_are_crossguard_errors():
     assert issubclass(InputError, CrossguardError) and issubclass(UsageError, CrossguardError)
 
 
-def test_tune_rules_text_crlf_and_last_line():
+def test_write_tuned_rules_refuses_an_edit_it_cannot_verify(tmp_path):
+    """A name given through an alias points the text edit at the anchor's line, in another rule:
+    the edit is caught by re-parsing and refused; no file is written and no comment is lost."""
+    src, dst = tmp_path / "rules.yaml", tmp_path / "tuned.yaml"
+    src.write_text("version: 1  # keep\nrules:\n  - description: &nm spam\n    name: weapons\n    hypothesis: h\n"
+                   "  - hypothesis: h2\n    name: *nm\n")
+    assert [r.name for r in load_rules(src).rules] == ["weapons", "spam"]
+    with pytest.raises(RulesError, match="cannot set the thresholds in this file's text.*nothing written"):
+        tune.write_tuned_rules(src, dst, {"spam": 0.25})
+    assert not dst.exists()
+
+
+def test_set_thresholds_crlf_and_last_line():
     text = "rules:\r\n  - hypothesis: h\r\n    name: a # x\r\n  - hypothesis: h\r\n    name: b"
-    assert tune.tune_rules_text(text, {"a": 0.25, "b": 0.5}) == (
+    assert edit.set_thresholds(text, {"a": 0.25, "b": 0.5}) == (
         "rules:\r\n  - hypothesis: h\r\n    name: a # x\r\n    threshold: 0.25\r\n"
         "  - hypothesis: h\r\n    name: b\r\n    threshold: 0.5")

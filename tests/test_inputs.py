@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from crossguard_cli.errors import UsageError
-from crossguard_cli.inputs import Record, read_records, record_from_argument, record_from_stdin_whole
+from crossguard_cli.records.inputs import Record, read_records, record_from_argument, record_from_stdin_whole
 
 
 def from_bytes(data: bytes, **options: object) -> list[Record]:

@@ -10,11 +10,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from crossguard_cli.engine.loader import load_model
+from crossguard_cli.engine.model_files import label_columns
+from crossguard_cli.engine.pairs import learn_template, window_spans
+from crossguard_cli.engine.scorer import Scorer
 from crossguard_cli.errors import ModelError, RulesError
-from crossguard_cli.model import label_columns, load_model
-from crossguard_cli.pairs import learn_template, normalize_text, window_spans
+from crossguard_cli.records.text import normalize_text
 from crossguard_cli.rules import parse_rules
-from crossguard_cli.scorer import Scorer
 
 RULES = """
 version: 1

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from crossguard_cli.model import LoadedModel
-from crossguard_cli.pairs import learn_template, min_window, normalize_text, window_spans
+from crossguard_cli.engine.options import LONG_INPUT
+from crossguard_cli.engine.pairs import learn_template, min_window, window_spans
+from crossguard_cli.records.text import is_blank, normalize_text
 from crossguard_cli.rules import LABELS, RuleSet, check_hypothesis_lengths
 
-LONG_INPUT = ("window", "truncate")
 LABEL_INDEX = {label: i for i, label in enumerate(LABELS)}  # E, N, C: the column order of scores
 
 
@@ -43,6 +43,22 @@ class PromptScores:
     error: str | None = None
 
 
+_OOM_WORDS = ("out of memory", "can't allocate memory", "cannot allocate memory", "failed to allocate memory",
+              "bad_alloc")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` says a forward pass ran out of memory, on any device or backend.
+
+    torch raises `torch.cuda.OutOfMemoryError` on CUDA, a `RuntimeError` ("DefaultCPUAllocator:
+    can't allocate memory") on the CPU, ONNX Runtime its own exception ("Failed to allocate
+    memory"); Python itself `MemoryError`.
+    """
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(exc, Exception) and any(word in str(exc).lower() for word in _OOM_WORDS)
+
+
 def default_batching(device: str) -> tuple[int, int]:
     """(pairs per batch, padded tokens per batch) that suit the device."""
     if str(device).startswith("cuda"):
@@ -53,8 +69,12 @@ def default_batching(device: str) -> tuple[int, int]:
 class Scorer:
     """Scores prompts with one model against one rule set.
 
+    A forward pass that runs out of memory is retried with half as many pairs, outside the
+    exception handler (so the failed pass's tensors are freed first), and the smaller budget is
+    kept for the rest of the run; a single pair that still does not fit is an error record.
+
     Args:
-        model: the loaded cross-encoder.
+        model: the loaded cross-encoder (`LoadedModel` or `RuntimeModel`).
         ruleset: the rules; every hypothesis is tokenised once here.
         long_input: "window" (score overlapping windows, best wins) or "truncate" (first only).
         max_chars: characters kept per prompt before tokenising.
@@ -67,7 +87,7 @@ class Scorer:
 
     def __init__(
         self,
-        model: LoadedModel,
+        model,
         ruleset: RuleSet,
         *,
         long_input: str = "window",
@@ -93,7 +113,7 @@ class Scorer:
         self.hypotheses = ruleset.hypotheses
         self._hyp_ids = [self._hypothesis_ids(h) for h in self.hypotheses]
         self._rule_hyps = [[self.hypotheses.index(h) for h in rule.hypotheses] for rule in ruleset.rules]
-        self.stats = {"pairs": 0, "tokens": 0, "padded_tokens": 0, "batches": 0}
+        self.stats = {"pairs": 0, "tokens": 0, "padded_tokens": 0, "batches": 0, "out_of_memory": 0}
 
     def _hypothesis_ids(self, hypothesis: str) -> list[int]:
         if hypothesis not in self._tokens:
@@ -118,6 +138,9 @@ class Scorer:
             s = per_unique[unique[n]]
             if len(c) < len(original) and s.error is None:
                 s = PromptScores(s.rules, s.windows, True)
+                if is_blank(n):  # the cap left only invisible characters: nothing was read
+                    s = PromptScores({}, 0, True, f"nothing visible in the first {self.max_chars} characters "
+                                                  "(--max-chars); raise it to read further")
             out.append(s)
         return out
 
@@ -173,7 +196,7 @@ class Scorer:
         results = []
         for p in range(n_prompts):
             if bad[p] or nonfinite[p]:
-                why = ("out of GPU memory scoring this prompt even alone" if bad[p] else
+                why = ("out of memory scoring this prompt even one pair at a time" if bad[p] else
                        f"the model gave non-finite scores in {self.model.dtype}; try --dtype float32")
                 results.append(PromptScores({}, int(k[p]), cut[p], why))
                 continue
@@ -192,24 +215,30 @@ class Scorer:
             longest = len(rows[order[start]][0])
             count = max(1, min(self.batch_size, self.batch_tokens // max(1, longest)))
             batch = order[start : start + count]
-            self._forward_or_split([rows[i] for i in batch], batch, probs, failed)
-            start += count
+            if self._forward_into(rows, batch, probs):
+                start += count
+                continue
+            # Out of memory. We are outside the handler: the failed pass's tensors are gone.
+            self.stats["out_of_memory"] += 1
+            _release_memory()
+            if count == 1:
+                failed[batch] = True
+                start += 1
+                continue
+            self.batch_size = max(1, count // 2)  # kept for the rest of the run
+            self.batch_tokens = max(1, self.batch_size * longest)
         return probs, failed
 
-    def _forward_or_split(self, rows, index, probs, failed) -> None:
-        """Run a batch; on CUDA out-of-memory, halve it and retry, down to one pair."""
-        import torch
-
+    def _forward_into(self, rows, batch: list[int], probs: np.ndarray) -> bool:
+        """Score `batch` into `probs`; False when it ran out of memory (the exception is dropped here,
+        and with it the traceback that holds the pass's tensors)."""
         try:
-            probs[index] = self._forward(rows)
-        except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()
-            if len(rows) == 1:
-                failed[index] = True
-                return
-            half = len(rows) // 2
-            self._forward_or_split(rows[:half], index[:half], probs, failed)
-            self._forward_or_split(rows[half:], index[half:], probs, failed)
+            probs[batch] = self._forward([rows[i] for i in batch])
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            return False
+        return True
 
     def _forward(self, rows) -> np.ndarray:
         """One padded forward pass; softmax in float32; columns reordered to E, N, C."""
@@ -233,4 +262,15 @@ class Scorer:
         return e / e.sum(axis=1, keepdims=True)
 
 
-__all__ = ["PromptScores", "RuleScore", "Scorer", "default_batching"]
+def _release_memory() -> None:
+    """Hand freed blocks back after an out-of-memory, so the smaller retry has room."""
+    import gc
+    import sys
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+__all__ = ["PromptScores", "RuleScore", "Scorer", "default_batching", "is_out_of_memory"]

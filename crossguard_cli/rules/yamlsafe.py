@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["LineDict", "LineList", "YamlSyntaxError", "load_yaml"]
+__all__ = ["LineDict", "LineList", "YamlSyntaxError", "from_python", "load_yaml"]
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
@@ -123,6 +123,19 @@ class _LineLoader(yaml.SafeLoader):
 
 _LineLoader.add_constructor("tag:yaml.org,2002:map", _LineLoader.construct_line_map)
 _LineLoader.add_constructor("tag:yaml.org,2002:seq", _LineLoader.construct_line_seq)
+
+
+def from_python(value: Any) -> Any:
+    """Plain Python data as `load_yaml` would give it, with no line numbers (None) known."""
+    if isinstance(value, dict):
+        data = LineDict((k, from_python(v)) for k, v in value.items())
+        data.line, data.key_lines, data.duplicates = None, dict.fromkeys(value), []
+        return data
+    if isinstance(value, (list, tuple)):
+        items = LineList(from_python(v) for v in value)
+        items.line, items.item_lines = None, [None] * len(value)
+        return items
+    return value
 
 
 def load_yaml(text: str) -> tuple[Any, int]:

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
-from crossguard_cli.decide import decide
-from crossguard_cli.inputs import Record
-from crossguard_cli.outputs import empty_record, error_record, scored_record
-from crossguard_cli.scorer import Scorer
+from crossguard_cli.engine.decide import decide
+from crossguard_cli.engine.results import empty_record, error_record, scored_record
+from crossguard_cli.engine.scorer import Scorer
+from crossguard_cli.records.inputs import Record
 
 _END = object()
 
@@ -118,71 +118,3 @@ def stream(scorer: Scorer, records: Iterable[Record], group_size: int | None = N
     with closing(groups(records, group_size)) as grouped:  # stops the reader when we stop early
         for group in grouped:
             yield score_records(scorer, group)
-
-
-@dataclass
-class Tally:
-    """What a batch run has written so far, for the progress bar, the summary and the exit code."""
-
-    records: int = 0
-    flagged: int = 0
-    uncertain: int = 0
-    errors: int = 0
-    empty: int = 0
-    aborted: bool = False
-
-    def add(self, out: dict[str, Any]) -> None:
-        self.records += 1
-        status = out["status"]
-        if status == "error":
-            self.errors += 1
-        elif status == "empty":
-            self.empty += 1
-        elif out["verdict"] == "flagged":
-            self.flagged += 1
-        elif out["verdict"] == "uncertain":
-            self.uncertain += 1
-
-
-def write_stream(
-    scorer: Scorer,
-    records: Iterable[Record],
-    writer,
-    *,
-    group_size: int | None = None,
-    on_error: str = "continue",
-    report: Callable[[dict[str, Any]], None] | None = None,
-    progress: Callable[[Tally], None] | None = None,
-) -> Tally:
-    """Score `records` and write one output record each, in order, flushing after every group.
-
-    Args:
-        scorer: the scorer.
-        records: input records (lazy; read by a thread as the model works).
-        writer: a writer from `outputs.make_writer`.
-        group_size: most records scored together (None: `group_size_for(scorer)`).
-        on_error: "continue", or "abort" to stop after writing the first error record.
-        report: called with each error record once it is written (the CLI prints it on stderr).
-        progress: called with the tally after each group is flushed.
-
-    Returns:
-        The tally; `aborted` says whether the run stopped at an error.
-    """
-    tally = Tally()
-    with closing(stream(scorer, records, group_size)) as results:
-        for group in results:
-            for out in group:
-                tally.add(out)
-                writer.write(out)
-                if out["status"] != "error":
-                    continue
-                if report is not None:
-                    report(out)
-                if on_error == "abort":
-                    writer.flush()
-                    tally.aborted = True
-                    return tally
-            writer.flush()
-            if progress is not None:
-                progress(tally)
-    return tally

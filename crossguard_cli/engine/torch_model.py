@@ -1,9 +1,4 @@
-"""Loading an NLI cross-encoder: device, dtype, and the label mapping by name.
-
-Models disagree on label order (CrossingGuard: entailment, neutral, contradiction;
-cross-encoder/nli-*: contradiction, entailment, neutral), so the column of each label is
-found in `config.id2label` by name, never assumed by position; a model without exactly those
-three labels is refused here rather than producing confident nonsense later.
+"""Loading an NLI cross-encoder into torch: device, dtype, and the label mapping by name.
 
 Loading goes through sentence-transformers' `CrossEncoder` (the same path a user's own code
 would take), then scoring calls the underlying transformers model directly so the scorer can
@@ -12,15 +7,20 @@ control windows, batching and padding.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from crossguard_cli import DEFAULT_MODEL
+from crossguard_cli.engine.model_files import (
+    check_model_name,
+    label_columns,
+    load_cached_first,
+    load_failure,
+    model_limit,
+    require_fast_tokenizer,
+)
 from crossguard_cli.errors import ModelError, UsageError
-from crossguard_cli.rules import LABELS
 
 DEVICES_HELP = "auto, cpu, cuda, cuda:N or mps"
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -69,23 +69,6 @@ class LoadedModel:
         return out.float().cpu().numpy()
 
 
-def label_columns(id2label: dict) -> tuple[int, int, int]:
-    """Find the entailment, neutral and contradiction columns by name, case-insensitively.
-
-    Raises:
-        ModelError: unless the labels are exactly those three names.
-    """
-    names = {str(v).strip().lower(): int(k) for k, v in (id2label or {}).items()}
-    if len(id2label or {}) != 3 or set(names) != set(LABELS):
-        found = ", ".join(str(v) for _, v in sorted((id2label or {}).items(), key=lambda kv: int(kv[0])))
-        raise ModelError(
-            f"not a 3-label NLI model: config.id2label has [{found or 'nothing'}], expected "
-            "entailment, neutral and contradiction; use an NLI cross-encoder such as "
-            f"{DEFAULT_MODEL} (or fix id2label in the model's config.json)"
-        )
-    return names["entailment"], names["neutral"], names["contradiction"]
-
-
 def resolve_device(device: str) -> str:
     """Turn `auto` into the best available device and check an explicit one exists."""
     import torch
@@ -129,53 +112,24 @@ def resolve_dtype(dtype: str, device: str):
     return getattr(torch, dtype)
 
 
-def check_model_name(name: str) -> None:
-    """Fail fast on a path-like name that is no folder, before asking the hub about it."""
-    if not os.path.isdir(name) and (name.startswith(("/", ".", "~")) or name.count("/") > 1):
-        raise ModelError(f"no such model folder: {name}; give --model a folder or a hub id like ORG/NAME")
-
-
-def require_fast_tokenizer(tokenizer, name: str) -> None:
-    """Windows and pair templates need a fast (Rust) tokenizer."""
-    if tokenizer is None or not getattr(tokenizer, "is_fast", False):
-        raise ModelError(f"model {name!r} has no fast tokenizer; crossguard needs one (tokenizer.json)")
-
-
-def model_limit(tokenizer, config) -> int | None:
-    """The model's own token limit, from the tokenizer or the position embeddings."""
-    limits = []
-    tok_max = getattr(tokenizer, "model_max_length", None)
-    if isinstance(tok_max, int) and 0 < tok_max < 1_000_000:
-        limits.append(tok_max)
-    positions = getattr(config, "max_position_embeddings", None)
-    if isinstance(positions, int) and positions > 0:
-        # RoBERTa-style models reserve padding_idx + 1 positions.
-        offset = 2 if getattr(config, "model_type", "") in ("roberta", "xlm-roberta") else 0
-        limits.append(positions - offset)
-    return min(limits) if limits else None
-
-
 def _load_crossencoder(name: str, revision: str | None, device: str, torch_dtype):
-    """Load through `CrossEncoder`, from the local cache first so a cached model needs no network."""
+    """Load through `CrossEncoder` (the path a user's own code takes), cached files first."""
     from sentence_transformers import CrossEncoder
 
-    kwargs = dict(device=device, revision=revision, model_kwargs={"dtype": torch_dtype})
-    if os.path.isdir(name):
-        return CrossEncoder(name, **kwargs)
-    try:
-        return CrossEncoder(name, local_files_only=True, **kwargs)
-    except Exception:  # not cached (or partly): ask the hub
-        return CrossEncoder(name, **kwargs)
+    def load(local_files_only: bool):
+        return CrossEncoder(name, device=device, revision=revision, local_files_only=local_files_only,
+                            model_kwargs={"dtype": torch_dtype})
+
+    return load_cached_first(load, name, revision)
 
 
-def load_model(
+def load_torch_model(
     name: str,
     *,
     revision: str | None = None,
     device: str = "auto",
     dtype: str = "auto",
     max_length: int = 512,
-    backend: str = "torch",
 ) -> LoadedModel:
     """Load an NLI cross-encoder for scoring.
 
@@ -185,34 +139,22 @@ def load_model(
         device: auto, cpu, cuda, cuda:N or mps.
         dtype: auto, float32, float16 or bfloat16.
         max_length: tokens per (prompt, hypothesis) pair, capped by the model's own limit.
-        backend: "torch"; "onnx" (exact) and "onnx-int8" (faster, approximate) run the same
-            model through ONNX Runtime on the CPU; "openvino" is reserved and refused for now.
 
     Raises:
         ModelError: the model cannot be found or loaded, or is not a 3-label NLI model.
         UsageError: the device or dtype cannot be used here.
     """
-    if backend != "torch":
-        from crossguard_cli.backends import load_runtime_model
-
-        if (dtype or "auto") not in ("auto", "float32"):
-            raise UsageError(f"--dtype {dtype}: --backend {backend} runs in float32 (or int8 with onnx-int8)")
-        return load_runtime_model(name, revision=revision, backend=backend, max_length=max_length, device=device)
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
-    local = os.path.isdir(name)
     check_model_name(name)
     try:
         ce = _load_crossencoder(name, revision, device, torch_dtype)
     except ModelError:
         raise
-    except Exception as exc:  # hub, file-format and config errors all surface differently
-        hint = (
-            "check the folder holds a saved model (config.json, weights, tokenizer)"
-            if local
-            else "check the id and --revision; offline, download it first or set --model to a local folder"
-        )
-        raise ModelError(f"cannot load model {name!r}: {type(exc).__name__}: {exc}; {hint}") from None
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - hub, file-format, config and tokenizer (Rust panic) errors
+        raise load_failure(name, exc) from None
 
     module = ce[0].auto_model
     columns = label_columns(getattr(module.config, "id2label", None))

@@ -21,12 +21,14 @@ import itertools
 import json
 import os
 import sys
+import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import PurePath
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from crossguard_cli.errors import UsageError
+from crossguard_cli.records.text import is_blank
 
 INPUT_FORMATS = ("auto", "text", "jsonl")
 TEXT_FIELDS = ("text", "prompt", "input", "content")
@@ -49,20 +51,23 @@ class Record:
         id: The JSONL id value (any JSON value), None when absent; kept so that results can be
             joined back to the caller's data.
         error: A one-line message for an error record, None otherwise.
+        fields: The whole JSON object of a JSONL record, when the reader was asked to keep it
+            (eval reads its labels from there); None otherwise.
     """
 
-    source: str
+    source: str | None
     line: int | None
     text: str | None = None
     id: object = None
     error: str | None = None
+    fields: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @property
     def status(self) -> str:
-        """``"error"``, ``"empty"`` (blank text, never scored) or ``"ok"`` (to be scored)."""
+        """``"error"``, ``"empty"`` (nothing visible after normalisation: never scored) or ``"ok"``."""
         if self.error is not None:
             return "error"
-        if not (self.text or "").strip():
+        if is_blank(self.text):
             return "empty"
         return "ok"
 
@@ -74,6 +79,7 @@ def read_records(
     field: str | None = None,
     id_field: str | None = None,
     stdin: BinaryIO | None = None,
+    keep_fields: bool = False,
 ) -> Iterator[Record]:
     """Yield the records of each path in order, reading lazily.
 
@@ -88,6 +94,7 @@ def read_records(
             ``content`` in that order, per record.
         id_field: JSONL field holding the record id; None uses ``id`` when present.
         stdin: Binary stream read for ``"-"``; None means ``sys.stdin.buffer`` at call time.
+        keep_fields: Keep each JSONL record's whole object in `Record.fields`.
 
     Returns:
         A generator of `Record`s; closing it closes the file being read.
@@ -107,19 +114,47 @@ def read_records(
     if input_format == "text" and (field is not None or id_field is not None):
         raise UsageError("--field and --id-field apply to JSONL input only; use --input-format jsonl")
     sources = [os.fspath(path) for path in paths] or [STDIN]
-    return _read_all(sources, input_format, field, id_field, stdin)
+    return _read_all(sources, _Options(input_format, field, id_field, keep_fields), stdin)
 
 
-def record_from_argument(text: str) -> Record:
-    """Wrap a prompt given on the command line (``check TEXT``) as a record.
+def read_stream(
+    stream: BinaryIO,
+    source: str,
+    *,
+    input_format: str = "auto",
+    field: str | None = None,
+    id_field: str | None = None,
+    keep_fields: bool = False,
+) -> Iterator[Record]:
+    """The records of one open binary stream, exactly as `read_records` reads a file named `source`.
+
+    For readers that open their own streams (object stores, archives, a Ray task's file
+    system): the format is told by `source`'s extension (`.gz` names are decompressed here), else
+    by content; line numbers are the stream's own. The stream is not closed.
+    """
+    if input_format not in INPUT_FORMATS:
+        raise UsageError(f"--input-format must be one of auto, text, jsonl; got {input_format!r}")
+    opts = _Options(input_format, field, id_field, keep_fields)
+    if source.lower().endswith(".gz"):
+        stream = gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[assignment]
+    return _read_stream(stream, source, _format_for(source, input_format), opts)
+
+
+def record_from_text(text: str, source: str | None = "argument", line: int | None = 1) -> Record:
+    """Wrap a prompt given as a string (``check TEXT``, the Python API, a request) as a record.
 
     Invalid UTF-8 in ``argv`` reaches Python as lone surrogates (surrogateescape), which no
     tokenizer or UTF-8 writer accepts, so it becomes an error record here instead of a crash later.
     """
     bad = _lone_surrogate(text)
     if bad is not None:
-        return Record("argument", 1, error=f"invalid UTF-8 at character {bad + 1}: pass the prompt as UTF-8")
-    return Record("argument", 1, text=text)
+        return Record(source, line, error=f"invalid UTF-8 at character {bad + 1}: pass the prompt as UTF-8")
+    return Record(source, line, text=text)
+
+
+def record_from_argument(text: str) -> Record:
+    """``crossguard check TEXT``: the prompt as a record from source "argument", line 1."""
+    return record_from_text(text, "argument", 1)
 
 
 def record_from_stdin_whole(stream: BinaryIO | None = None) -> Record:
@@ -150,9 +185,15 @@ def record_from_stdin_whole(stream: BinaryIO | None = None) -> Record:
         return Record("stdin", 1, error=_utf8_error(exc))
 
 
-def _read_all(
-    paths: list[str], input_format: str, field: str | None, id_field: str | None, stdin: BinaryIO | None
-) -> Iterator[Record]:
+@dataclass(frozen=True)
+class _Options:
+    input_format: str
+    field: str | None
+    id_field: str | None
+    keep_fields: bool
+
+
+def _read_all(paths: list[str], opts: _Options, stdin: BinaryIO | None) -> Iterator[Record]:
     """Read each path in turn; an unopenable path yields one error record and reading goes on."""
     for path in paths:
         if path == STDIN:
@@ -161,7 +202,7 @@ def _read_all(
                 yield Record("stdin", None, error="cannot open: stdin is closed")
                 continue
             # Never closed here: stdin belongs to the caller and may be named twice.
-            yield from _read_stream(stream, "stdin", _format_for(None, input_format), field, id_field)
+            yield from _read_stream(stream, "stdin", _format_for(None, opts.input_format), opts)
             continue
         try:
             # A gzip file is read through gzip, line by line like any other (`data.jsonl.gz`).
@@ -170,7 +211,7 @@ def _read_all(
             yield Record(path, None, error=f"cannot open: {_reason(exc)}")
             continue
         with handle:
-            yield from _read_stream(handle, path, _format_for(path, input_format), field, id_field)
+            yield from _read_stream(handle, path, _format_for(path, opts.input_format), opts)
 
 
 def _format_for(path: str | None, input_format: str) -> str | None:
@@ -186,9 +227,7 @@ def _format_for(path: str | None, input_format: str) -> str | None:
     return None
 
 
-def _read_stream(
-    stream: BinaryIO, source: str, fmt: str | None, field: str | None, id_field: str | None
-) -> Iterator[Record]:
+def _read_stream(stream: BinaryIO, source: str, fmt: str | None, opts: _Options) -> Iterator[Record]:
     """Turn one binary stream into records, one line at a time."""
     failure: list[BaseException] = []
     lines = _raw_lines(stream, failure)
@@ -209,7 +248,7 @@ def _read_stream(
         if fmt == "text":
             yield Record(source, line_no, text=text)
         elif text.strip():
-            yield _jsonl_record(text, source, line_no, field, id_field)
+            yield _jsonl_record(text, source, line_no, opts)
     if failure:
         yield Record(source, line_no + 1, error=f"read error: {_reason(failure[0])}")
 
@@ -229,7 +268,9 @@ def _raw_lines(stream: BinaryIO, failure: list[BaseException]) -> Iterator[bytes
         while line:
             yield line
             line = stream.readline()
-    except (OSError, ValueError, EOFError) as exc:  # ValueError: closed under us; EOFError: cut gzip
+    except (OSError, ValueError, EOFError, zlib.error) as exc:
+        # ValueError: closed under us; EOFError: a cut gzip file; zlib.error: a damaged deflate
+        # stream. Either way the lines read so far stand and the stream ends in an error record.
         failure.append(exc)
 
 
@@ -247,7 +288,7 @@ def _detect(lines: Iterator[bytes]) -> tuple[str, list[bytes]]:
     return "text", peeked
 
 
-def _jsonl_record(text: str, source: str, line_no: int, field: str | None, id_field: str | None) -> Record:
+def _jsonl_record(text: str, source: str, line_no: int, opts: _Options) -> Record:
     """Parse one non-blank JSONL line into a record, or an error record naming the problem."""
     try:
         obj = json.loads(text, parse_constant=_reject_constant)
@@ -259,26 +300,27 @@ def _jsonl_record(text: str, source: str, line_no: int, field: str | None, id_fi
         return Record(source, line_no, error=f"invalid JSON: {exc}")
     if not isinstance(obj, dict):
         return Record(source, line_no, error=f"expected a JSON object, got {_json_type(obj)}")
-
-    record_id = obj.get(id_field if id_field is not None else "id")
-    if field is not None:
-        if field not in obj:
-            return Record(source, line_no, id=record_id, error=f"missing field {field!r} (check --field)")
-        name = field
+    kept = obj if opts.keep_fields else None
+    record_id = obj.get(opts.id_field if opts.id_field is not None else "id")
+    if opts.field is not None:
+        if opts.field not in obj:
+            error = f"missing field {opts.field!r} (check --field)"
+            return Record(source, line_no, id=record_id, error=error, fields=kept)
+        name = opts.field
     else:
         name = next((key for key in TEXT_FIELDS if key in obj), None)
         if name is None:
             error = f"no text field: expected one of {', '.join(TEXT_FIELDS)} (use --field)"
-            return Record(source, line_no, id=record_id, error=error)
+            return Record(source, line_no, id=record_id, error=error, fields=kept)
     value = obj[name]
     if not isinstance(value, str):
         error = f"field {name!r} must be a string, got {_json_type(value)}"
-        return Record(source, line_no, id=record_id, error=error)
+        return Record(source, line_no, id=record_id, error=error, fields=kept)
     bad = _lone_surrogate(value)
     if bad is not None:
         error = f"field {name!r} holds an unpaired surrogate at character {bad + 1}; it is not valid text"
-        return Record(source, line_no, id=record_id, error=error)
-    return Record(source, line_no, text=value, id=record_id)
+        return Record(source, line_no, id=record_id, error=error, fields=kept)
+    return Record(source, line_no, text=value, id=record_id, fields=kept)
 
 
 def _reject_constant(name: str) -> object:
@@ -311,6 +353,8 @@ def _utf8_error(exc: UnicodeDecodeError) -> str:
 
 def _reason(exc: BaseException) -> str:
     """The OS's words for an I/O failure, without the errno and path clutter."""
+    if isinstance(exc, (zlib.error, gzip.BadGzipFile)) or (isinstance(exc, EOFError) and "stream" in str(exc)):
+        return f"corrupt gzip data ({exc}); the records before it were read"
     reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
     return " ".join(reason.split())
 

@@ -1,4 +1,4 @@
-"""Turning prompts and hypotheses into model inputs: normalisation, token pairs and windows.
+"""Turning prompts and hypotheses into model inputs: token pairs and windows.
 
 Each prompt is tokenised once and each hypothesis once (not once per pair, as a plain
 `CrossEncoder.predict` would), then pairs are assembled from token ids with the special-token
@@ -8,25 +8,11 @@ tokens left beside it is split into overlapping windows that together cover ever
 
 from __future__ import annotations
 
-import unicodedata
 from dataclasses import dataclass
 
 from crossguard_cli.errors import ModelError
 
 _PROBES = (("hello there", "a world"), ("The quick brown fox, 42 times!", "Jumps over it."))
-
-
-def normalize_text(text: str) -> str:
-    """NFKC-fold and drop format characters, so `b\\u200bomb` and full-width letters read as words.
-
-    Zero-width spaces and joiners, soft hyphens, bidi controls and the BOM are Unicode format
-    characters (category Cf): invisible to a reader, but they split a word into pieces the
-    model has never seen. NFKC maps compatibility forms (full-width, ligatures) to plain ones.
-    """
-    folded = unicodedata.normalize("NFKC", text)
-    if folded.isascii():
-        return folded
-    return "".join(ch for ch in folded if unicodedata.category(ch) != "Cf")
 
 
 @dataclass(frozen=True)

@@ -30,10 +30,16 @@ from typing import Any
 
 import numpy as np
 
+from crossguard_cli.engine.model_files import (
+    check_model_name,
+    label_columns,
+    load_cached_first,
+    load_failure,
+    model_limit,
+    require_fast_tokenizer,
+)
 from crossguard_cli.errors import ModelError, UsageError
-from crossguard_cli.model import check_model_name, label_columns, model_limit, require_fast_tokenizer
 
-RUNTIME_BACKENDS = ("onnx", "onnx-int8", "openvino")
 QUANTIZE = ("int8",)
 EXPORT_VERSION = 1  # bump when the export recipe changes, so older cached files are not reused
 OPSET = 17
@@ -101,13 +107,11 @@ def cpu_threads() -> int:
 
 
 def _from_pretrained(cls, source: str, revision: str | None, **kwargs):
-    """Load from the local cache first, so a cached hub model needs no network."""
-    if os.path.isdir(source):
-        return cls.from_pretrained(source, **kwargs)
-    try:
-        return cls.from_pretrained(source, revision=revision, local_files_only=True, **kwargs)
-    except Exception:  # not cached (or partly): ask the hub
-        return cls.from_pretrained(source, revision=revision, **kwargs)
+    """`cls.from_pretrained`, from the local cache first, so a cached hub model needs no network."""
+    def load(local_files_only: bool):
+        return cls.from_pretrained(source, revision=revision, local_files_only=local_files_only, **kwargs)
+
+    return load_cached_first(load, source, revision)
 
 
 def _fingerprint(name: str, revision: str | None) -> str:
@@ -263,11 +267,8 @@ def load_runtime_model(
     """
     if backend == "onnx-int8":
         backend, quantize = "onnx", quantize or "int8"
-    if backend == "openvino":
-        raise ModelError("--backend openvino is not supported yet; use --backend onnx (exact) or "
-                         "onnx-int8 (faster, approximate) for fast CPU scoring")
     if backend != "onnx":
-        raise ModelError(f"unknown backend {backend!r}: expected torch, onnx, onnx-int8 or openvino")
+        raise ModelError(f"unknown backend {backend!r}: expected onnx or onnx-int8")
     if quantize is not None and quantize not in QUANTIZE:
         raise ModelError(f"unknown quantisation {quantize!r}: expected int8 or none")
     if (device or "cpu").lower() not in ("cpu", "auto"):
@@ -284,9 +285,12 @@ def load_runtime_model(
         config = _from_pretrained(AutoConfig, name, revision)
         tokenizer = _from_pretrained(AutoTokenizer, name, revision)
         key = _fingerprint(name, revision)
-    except Exception as exc:  # hub, file-format and config errors all surface differently
-        raise ModelError(f"cannot load model {name!r}: {type(exc).__name__}: {exc}; check the folder or "
-                         "hub id (and --revision), or download it first when offline") from None
+    except ModelError:
+        raise
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - hub, file-format, config and tokenizer (Rust panic) errors
+        raise load_failure(name, exc) from None
     columns = label_columns(getattr(config, "id2label", None))
     require_fast_tokenizer(tokenizer, name)
     limit = model_limit(tokenizer, config)
@@ -320,4 +324,4 @@ def load_runtime_model(
     )
 
 
-__all__ = ["RUNTIME_BACKENDS", "RuntimeModel", "cache_root", "cpu_threads", "load_runtime_model"]
+__all__ = ["RuntimeModel", "cache_root", "cpu_threads", "load_runtime_model"]

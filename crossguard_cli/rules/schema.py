@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from crossguard_cli.errors import RulesError, did_you_mean
-from crossguard_cli.yamlsafe import LineDict, LineList, YamlSyntaxError, load_yaml
+from crossguard_cli.rules.yamlsafe import LineDict, LineList, YamlSyntaxError, from_python, load_yaml
 
 __all__ = [
     "DEFAULT_RULES_SOURCE", "LABELS", "MODES", "Rule", "RuleSet", "check_hypothesis_lengths",
-    "default_rules_path", "load_rules", "parse_rules", "summarize",
+    "default_rules_path", "load_rules", "parse_rules", "rules_from_mapping", "summarize",
 ]
 
 LABELS = ("entailment", "neutral", "contradiction")
@@ -84,7 +84,7 @@ class RuleSet:
 
 def default_rules_path() -> Path:
     """The packaged default rules (the same file as the repository's `rules.example.yaml`)."""
-    return Path(__file__).resolve().parent / "data" / "default_rules.yaml"
+    return Path(__file__).resolve().parents[1] / "data" / "default_rules.yaml"
 
 
 def load_rules(path: str | os.PathLike[str] | None) -> RuleSet:
@@ -127,6 +127,15 @@ def parse_rules(text: str, source: str) -> RuleSet:
         where = f"{source}:{exc.line}" if exc.line else source
         raise RulesError(f"invalid YAML: {problem}", where=where) from None
     return _Checker(source).ruleset(data, line)
+
+
+def rules_from_mapping(data: Any, source: str = "<rules mapping>") -> RuleSet:
+    """Validate rules given as Python data (the parsed shape of a rules file), as files are.
+
+    Raises:
+        RulesError: the first problem, as `source: field: what to fix` (no line numbers).
+    """
+    return _Checker(source).ruleset(from_python(data), None)
 
 
 def check_hypothesis_lengths(ruleset: RuleSet, count_tokens: Callable[[str], int], limit: int,
@@ -281,8 +290,9 @@ class _Checker:
                              f"'-' and '_', got {_show(name)}{hint}")
         if name in seen:
             j, first = seen[name]
-            raise self.error(name_line, f"{field}.name", f"duplicate rule name '{name}' (also rules[{j}] "
-                             f"at line {first}); names must be unique")
+            at = f" at line {first}" if first else ""
+            raise self.error(name_line, f"{field}.name", f"duplicate rule name '{name}' (also rules[{j}]"
+                             f"{at}); names must be unique")
         seen[name] = (i, name_line)
         hypotheses = self.hypotheses(r, field, line)
         description = r.get("description")
@@ -299,7 +309,7 @@ class _Checker:
 
     def hypotheses(self, r: LineDict, field: str, line: int) -> list[tuple[str, int]]:
         if "hypothesis" in r and "hypotheses" in r:
-            later = max(r.key_lines["hypothesis"], r.key_lines["hypotheses"])
+            later = max(r.key_lines["hypothesis"] or 0, r.key_lines["hypotheses"] or 0) or None
             raise self.error(later, field, "has both 'hypothesis' and 'hypotheses'; keep one "
                              "(list several under 'hypotheses')")
         if "hypothesis" in r:

@@ -170,7 +170,7 @@ def uncertain_mask(scores: ArrayLike, threshold: float, margin: float) -> np.nda
     The very rule `batch` applies (`decide.state`), so eval and batch can never disagree.
     Broadcasts: a (records, rules) matrix with per-rule threshold and margin vectors works.
     """
-    from crossguard_cli.decide import state
+    from crossguard_cli.engine.decide import state
 
     s = np.asarray(scores, dtype=np.float64)
     return np.vectorize(lambda p, t, m: state(p, t, m) == "uncertain", otypes=[bool])(s, threshold, margin)

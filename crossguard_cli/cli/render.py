@@ -11,11 +11,23 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from crossguard_cli.outputs import rule_rows, where
+from crossguard_cli.engine.decide import rule_state
+from crossguard_cli.records.writers import where
 from crossguard_cli.rules import RuleSet
 
 _STYLE = {"flagged": "bold red", "uncertain": "yellow", "allowed": "green", "error": "bold magenta",
           "empty": "dim", "fired": "bold red", "-": "dim"}
+
+
+def rule_rows(ruleset: RuleSet, record: dict[str, Any]) -> list[tuple[str, float, float, float, str]]:
+    """(name, E%, N%, C%, decision) per rule, decision being fired / uncertain / -."""
+    rows = []
+    for rule in ruleset.rules:
+        s = record["scores"][rule.name]
+        state = rule_state(rule, s[rule.label] / 100.0)
+        rows.append((rule.name, s["entailment"], s["neutral"], s["contradiction"],
+                     {"fired": "fired", "uncertain": "uncertain"}.get(state, "-")))
+    return rows
 
 
 def _snippet(text: str | None, width: int = 60) -> str:

@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 
 from crossguard_cli.rules import Rule, RuleSet
 
-VERDICTS = ("flagged", "uncertain", "allowed")
-
 
 def percent(p: float) -> float:
     """A probability as the percentage crossguard prints: 0-100, two decimals."""

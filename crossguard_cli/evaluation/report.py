@@ -4,8 +4,8 @@ The CLI wires it one of two ways, reading the labels first (labels.py) so a bad 
 before any model loads:
 
     labelled = read_labelled(path, rule_names, parse_maps(map_specs, rule_names))
-    pairs = pair_in_order(labelled, scored_outputs)               # scored by the model now
-    pairs = join_scores(labelled, read_jsonl(scores), scores)     # or `--scores scored.jsonl`
+    pairs = pair_in_order(labelled, guard_outputs)                          # scored by the model now
+    pairs = join_scores(labelled.labelled, read_objects(scores, bad), scores)  # or `--scores scored.jsonl`
     report = build_report(pairs, ruleset.rules, target_precision=0.95)
 
 Decisions are recomputed from the scores with the rules' current thresholds and margins, by
@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from . import metrics
-from .decide import rule_state
-from .errors import InputError, UsageError
-from .labels import Pair, join_scores, parse_maps, read_jsonl, read_labelled
+from crossguard_cli.engine.decide import rule_state
+from crossguard_cli.errors import InputError, UsageError
+from crossguard_cli.evaluation import metrics
+from crossguard_cli.evaluation.labels import Pair, join_scores, parse_maps, read_labelled, read_objects
 
 OVERALL_CURVE = "overall (any rule)"  # key of the overall curve in Report.curves; never a rule name
 
@@ -116,7 +116,10 @@ def evaluate_scores_file(labelled_path: str | Path, scores_path: str | Path, rul
     """`crossguard eval LABELLED --scores SCORED`: the whole path, no model."""
     names = [r.name for r in rules]
     labelled = read_labelled(labelled_path, names, parse_maps(map_specs, names), id_field)
-    pairs = join_scores(labelled, read_jsonl(scores_path), str(scores_path))
+    unreadable = labelled.unreadable
+    pairs = join_scores(labelled.labelled, read_objects(scores_path, unreadable), str(scores_path))
+    if unreadable:
+        raise InputError(unreadable[0].error or "unreadable record", f"{unreadable[0].source}:{unreadable[0].line}")
     return build_report(pairs, rules, target_precision=target_precision)
 
 

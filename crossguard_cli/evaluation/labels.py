@@ -14,14 +14,15 @@ file itself, or by id / line when the scores come from an earlier `batch` (`--sc
 
 from __future__ import annotations
 
-import gzip
-import json
+import dataclasses
+import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, UsageError, did_you_mean
+from crossguard_cli.errors import InputError, UsageError, did_you_mean
+from crossguard_cli.records.inputs import Record, read_records
 
 
 @dataclass(frozen=True)
@@ -106,48 +107,74 @@ def labels_from_record(obj: Any, rule_names: Sequence[str], maps: Mapping[str, s
     return LabelledRecord(where, line, None if rid is None else str(rid), labels, expected)
 
 
-def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for each non-blank line; `.gz` files are read through gzip."""
-    path = Path(path)
-    try:
-        with (gzip.open(path, "rb") if path.suffix.lower() == ".gz" else open(path, "rb")) as f:
-            for lineno, raw in enumerate(f, 1):
-                where = f"{path}:{lineno}"
-                try:
-                    text = raw.decode("utf-8").removeprefix("\ufeff" if lineno == 1 else "")
-                except UnicodeDecodeError:
-                    raise InputError("not valid UTF-8", where) from None
-                if not text.strip():
-                    continue
-                try:
-                    obj = json.loads(text)
-                except json.JSONDecodeError as e:
-                    raise InputError(f"not valid JSON: {e.msg} (column {e.colno})", where) from None
-                if not isinstance(obj, dict):
-                    raise InputError(f"expected a JSON object, got {type(obj).__name__}", where)
-                yield lineno, obj
-    except (OSError, EOFError) as e:
-        raise InputError(f"cannot read: {getattr(e, 'strerror', None) or e}", str(path)) from None
+def read_objects(path: str | Path, unreadable: list[Record]) -> Iterator[tuple[int, dict]]:
+    """(line number, object) of each readable JSONL record, read by `batch`'s own reader.
+
+    Records that cannot be read (invalid UTF-8 or JSON, not an object, a damaged `.gz`) are
+    appended to `unreadable` (error `Record`s with file and line) for the caller to report.
+
+    Raises:
+        InputError: the file cannot be opened at all.
+    """
+    for rec in read_records([os.fspath(path)], input_format="jsonl", keep_fields=True):
+        if rec.line is None:
+            raise InputError(rec.error or "cannot open", where=rec.source)
+        if rec.fields is None:
+            unreadable.append(rec)
+        else:
+            yield rec.line, rec.fields
+
+
+@dataclass
+class LabelledFile:
+    """A labelled file as read: every record in order, and its labels (None: unreadable record)."""
+
+    records: list[Record]
+    truth: list[LabelledRecord | None]
+
+    @property
+    def labelled(self) -> list[LabelledRecord]:
+        return [t for t in self.truth if t is not None]
+
+    @property
+    def unreadable(self) -> list[Record]:
+        return [r for r, t in zip(self.records, self.truth, strict=True) if t is None]
 
 
 def read_labelled(path: str | Path, rule_names: Sequence[str], maps: Mapping[str, str] | None = None,
-                  id_field: str = "id") -> list[LabelledRecord]:
-    """Every labelled record of a JSONL file, validated (the first bad one raises)."""
-    return [labels_from_record(obj, rule_names, maps, f"{path}:{lineno}", lineno, id_field)
-            for lineno, obj in read_jsonl(path)]
+                  id_field: str = "id", field: str | None = None) -> LabelledFile:
+    """Every record of a labelled JSONL file, with its labels validated (a bad label raises).
+
+    Records that cannot be read stay in place (their labels None) so the caller can report
+    them, and score the rest in order.
+    """
+    records, truth = [], []
+    for rec in read_records([os.fspath(path)], input_format="jsonl", field=field, id_field=id_field,
+                            keep_fields=True):
+        if rec.line is None:
+            raise InputError(rec.error or "cannot open", where=rec.source)
+        labels = None
+        if rec.fields is not None:
+            labels = labels_from_record(rec.fields, rule_names, maps, f"{rec.source}:{rec.line}", rec.line,
+                                        id_field)
+        records.append(dataclasses.replace(rec, fields=None))  # the labels are taken: let the object go
+        truth.append(labels)
+    return LabelledFile(records, truth)
 
 
-def pair_in_order(labelled: Sequence[LabelledRecord], scored: Iterable[Mapping[str, Any]]) -> list[Pair]:
-    """Pair labelled records with the outputs of scoring that same file, record for record."""
+def pair_in_order(labelled: LabelledFile, scored: Iterable[Mapping[str, Any]]) -> list[Pair]:
+    """Pair each readable labelled record with the output of scoring that same file, record for record."""
     it = iter(scored)
     pairs: list[Pair] = []
-    for rec in labelled:
+    for rec, truth in zip(labelled.records, labelled.truth, strict=True):
         out = next(it, None)
+        where = f"{rec.source}:{rec.line}"
         if out is None:
-            raise InputError("no scored record for this line (scoring stopped early?)", rec.where)
+            raise InputError("no scored record for this line (scoring stopped early?)", where)
         if out.get("line") is not None and out.get("line") != rec.line:
-            raise InputError(f"out of step: the scored record here is for line {out.get('line')}", rec.where)
-        pairs.append((rec, out))
+            raise InputError(f"out of step: the scored record here is for line {out.get('line')}", where)
+        if truth is not None:
+            pairs.append((truth, out))
     extra = next(it, None)
     if extra is not None:
         raise InputError(f"more scored records than labelled ones (line {extra.get('line')})")

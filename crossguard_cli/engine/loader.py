@@ -1,0 +1,72 @@
+"""Which model, and which backend runs it: the one entrance to model loading.
+
+The model is the caller's choice, else the rules file's `model:` (a relative folder is found
+beside the rules file, like an include), else the default CrossingGuard model. The backend
+picks the loader: torch through sentence-transformers' `CrossEncoder`, or ONNX Runtime. Both
+return an object with the same scoring surface (`logits`, `tokenizer`, `label_columns`, ...).
+"""
+
+from __future__ import annotations
+
+import os
+
+from crossguard_cli import DEFAULT_MODEL
+from crossguard_cli.errors import UsageError
+from crossguard_cli.rules import RuleSet
+
+
+def quiet_libraries() -> None:
+    """Silence library chatter (loading bars, advisory warnings, hub retries): stderr is ours."""
+    import logging
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    warnings.filterwarnings("ignore", module="transformers")
+    warnings.filterwarnings("ignore", module="sentence_transformers")
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
+
+
+def model_name(model: str | None, ruleset: RuleSet, rules_path: str | None) -> str:
+    """The model to load: `model`, else the rules file's `model:`, else the default."""
+    if model:
+        return model
+    name = ruleset.model
+    if name and rules_path and not os.path.isabs(name):
+        beside = os.path.join(os.path.dirname(rules_path), name)
+        if os.path.isdir(beside):
+            return beside
+    return name or DEFAULT_MODEL
+
+
+def load_model(name: str, *, backend: str = "torch", revision: str | None = None, device: str = "auto",
+               dtype: str = "auto", max_length: int = 512):
+    """Load `name` with `backend`; see `load_torch_model` and `load_runtime_model`.
+
+    Raises:
+        ModelError: the model cannot be found, loaded or used.
+        UsageError: the device or dtype cannot be used with this backend here.
+    """
+    quiet_libraries()
+    if backend == "torch":
+        from crossguard_cli.engine.torch_model import load_torch_model
+
+        return load_torch_model(name, revision=revision, device=device, dtype=dtype, max_length=max_length)
+    if backend in ("onnx", "onnx-int8"):
+        from crossguard_cli.engine.onnx_model import load_runtime_model
+
+        if (dtype or "auto") not in ("auto", "float32"):
+            raise UsageError(f"--dtype {dtype}: --backend {backend} runs in float32 (or int8 with onnx-int8)")
+        return load_runtime_model(name, revision=revision, backend=backend, max_length=max_length, device=device)
+    raise UsageError(f"--backend: {backend!r} is not one of torch, onnx, onnx-int8")
+
+
+__all__ = ["load_model", "model_name", "quiet_libraries"]

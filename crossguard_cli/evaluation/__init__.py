@@ -1,0 +1,1 @@
+"""Evaluation: labelled data, metrics, threshold tuning and plots for `crossguard eval`."""

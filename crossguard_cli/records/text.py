@@ -1,0 +1,43 @@
+"""What a prompt's text means to the model: normalisation, and when a prompt is blank.
+
+Both belong with the records (not the scorer) because whether a record is `empty` is decided
+when it is read: a line of zero-width spaces is as empty as a blank line, and every front end
+must agree on that before anything is scored.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+
+def normalize_text(text: str) -> str:
+    """NFKC-fold and drop format characters, so `b\\u200bomb` and full-width letters read as words.
+
+    Zero-width spaces and joiners, soft hyphens, bidi controls and the BOM are Unicode format
+    characters (category Cf): invisible to a reader, but they split a word into pieces the
+    model has never seen. NFKC maps compatibility forms (full-width, ligatures) to plain ones.
+    """
+    folded = unicodedata.normalize("NFKC", text)
+    if folded.isascii():
+        return folded
+    return "".join(ch for ch in folded if unicodedata.category(ch) != "Cf")
+
+
+def _visible(ch: str) -> bool:
+    if ch.isspace():
+        return False
+    if ch.isascii():
+        return True
+    return unicodedata.category(ch) != "Cf" and bool(normalize_text(ch).strip())
+
+
+def is_blank(text: str | None) -> bool:
+    """True when nothing is left of `text` after normalisation but whitespace.
+
+    Equivalent to `not normalize_text(text).strip()`, but stops at the first visible character,
+    so a 2 MB prompt costs nothing here.
+    """
+    return not any(_visible(ch) for ch in text or "")
+
+
+__all__ = ["is_blank", "normalize_text"]
