@@ -129,6 +129,31 @@ def _run(args: list[str]) -> int:
         return _internal_error(exc)
 
 
+def _notices_on_stderr() -> None:
+    """The engine says what it is doing (an export, a cache) through the `crossguard_cli` logger;
+    the CLI prints those notices as `crossguard: ...` lines on stderr. The engine never prints."""
+    import logging
+
+    class StderrNow(logging.StreamHandler):
+        """Writes to whatever `sys.stderr` is when it writes (tests and embedders swap it)."""
+
+        @property  # type: ignore[override]
+        def stream(self):
+            return sys.stderr
+
+        @stream.setter
+        def stream(self, value) -> None:
+            pass
+
+    logger = logging.getLogger("crossguard_cli")
+    if not any(type(h).__name__ == "StderrNow" for h in logger.handlers):
+        handler = StderrNow()
+        handler.setFormatter(logging.Formatter("crossguard: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app and exit with its code.
 
@@ -139,6 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
     if hasattr(sys.stderr, "reconfigure"):
         sys.stderr.reconfigure(errors="backslashreplace")
+    _notices_on_stderr()
     previous = None
     if hasattr(signal, "SIGTERM") and _in_main_thread():
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
