@@ -13,8 +13,6 @@ import pytest
 from crossguard_cli.errors import RulesError
 from crossguard_cli.rules import (
     DEFAULT_RULES_SOURCE,
-    LABELS,
-    MODES,
     Rule,
     RuleSet,
     check_hypothesis_lengths,
@@ -248,11 +246,6 @@ def test_summarize(write) -> None:
         {"name": "a", "label": "neutral", "threshold": 0.5, "margin": 0.0, "hypotheses": 2},
         {"name": "b", "label": "entailment", "threshold": 0.8, "margin": 0.1, "hypotheses": 1},
     ]
-
-
-def test_constants() -> None:
-    assert LABELS == ("entailment", "neutral", "contradiction")
-    assert MODES == ("guard", "route")
 
 
 # --- errors: FILE:LINE: FIELD: what to fix ----------------------------------------------------

@@ -82,17 +82,17 @@ def eval_command(
                 error_line(f"{where(rec)}: {rec.error}")
             raise InputError(bad_scores[-1].error or "unreadable record", where(bad_scores[-1]))
         pairs = lb.join_scores(data.labelled, scored, scores)
-        failures = [f"{where(r)}: {r.error}" for r in data.unreadable]
+        failures = [(r.line, f"{where(r)}: {r.error}") for r in data.unreadable]
     else:
         from crossguard_cli.api import Guard
 
         guard = Guard.from_options(engine, ruleset)
         pairs = lb.pair_in_order(data, (r.to_dict() for r in guard.stream(data.records)))
-        failures = [f"{where(r)}: {r.error}" for r in data.unreadable]
+        failures = [(r.line, f"{where(r)}: {r.error}") for r in data.unreadable]
     # Every labelled record that has no score is reported, as `batch` reports it, and fails the run.
-    failures += [f"{where(out)}: {out.get('error') or 'not scored'}" for _, out in pairs
+    failures += [(truth.line, f"{where(out)}: {out.get('error') or 'not scored'}") for truth, out in pairs
                  if out.get("status") == "error"]
-    for failure in failures:
+    for _, failure in sorted(failures, key=lambda f: f[0]):
         error_line(failure)
     report = ev.build_report(pairs, ruleset.rules, target_precision=target_precision)
     if (fmt or ("table" if sys.stdout.isatty() else "json")) == "json":
