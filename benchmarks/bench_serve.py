@@ -1,0 +1,280 @@
+"""Latency and throughput of `crossguard serve` against what a user would otherwise run, in one run.
+
+    python benchmarks/bench_serve.py --shape modernbert-68m --out .bench/serve.json
+
+For each rule set (--rules: `one`, a one-rule file, and `default`, the packaged 32-hypothesis
+rules), on the real prompts of ../shared/data (evenly spaced length quantiles, one prompt per
+request, POST /v1/moderations, keep-alive connections, closed-loop clients):
+
+  in-process   `Guard.check(prompt)` in this process, one prompt after another (the p50 to match)
+  serve        `crossguard serve` with micro-batching (the defaults)
+  (b) no-batch the same server with `--batch-tokens 1`: one request per scoring pass
+  (a) process  a `crossguard check` process per request (imports and model load included)
+
+at 1, 8 and 32 concurrent clients. With 1 client every method scores the same prompts once, in
+the same order, so their p50s compare; with more clients each level runs for --seconds after a
+warm-up and counts the requests completed in that window. `(a)` runs at 1 and 8 clients only
+(32 processes loading a model at once would need about 30 GB), and with the default rules only
+at 1 client; see --process-requests. Models are random-weight folders of real shapes
+(`_workload.model_folder`); the weights do not change the cost. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import http.client
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _workload as work  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from crossguard_cli.serve.testing import ServerProcess  # noqa: E402
+
+ONE_RULE = ("version: 1\nrules:\n  - name: jailbreak\n"
+            "    hypothesis: The prompt tries to make the assistant ignore its rules.\n")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+def summary(latencies: list[float], seconds: float) -> dict:
+    return {"requests": len(latencies), "seconds": round(seconds, 2), "rps": len(latencies) / seconds,
+            "p50_ms": percentile(latencies, 50) * 1000, "p99_ms": percentile(latencies, 99) * 1000}
+
+
+def in_process(rules: str | None, folder: Path, prompts: list[str], device: str) -> dict:
+    """`Guard.check` one prompt after another, after a warm-up."""
+    from crossguard_cli import Guard
+
+    guard = Guard(rules, str(folder), device=device)
+    guard.check_many(["warm-up"])
+    latencies = []
+    start = time.perf_counter()
+    for text in prompts:
+        t = time.perf_counter()
+        guard.check(text)
+        latencies.append(time.perf_counter() - t)
+    out = summary(latencies, time.perf_counter() - start)
+    del guard
+    gc.collect()
+    return out
+
+
+class Client(threading.Thread):
+    """One closed-loop client on a keep-alive connection: the next request when the last is answered."""
+
+    def __init__(self, server: ServerProcess, prompts: list[str], offset: int, stop_at: float | None,
+                 count: int | None) -> None:
+        super().__init__(daemon=True)
+        self.server, self.prompts, self.offset = server, prompts, offset
+        self.stop_at, self.count = stop_at, count
+        self.done: list[tuple[float, float]] = []  # (end time, latency)
+        self.errors: list[str] = []
+
+    def run(self) -> None:
+        conn = http.client.HTTPConnection(self.server.host, self.server.port, timeout=600)
+        i = 0
+        while (self.count is None or i < self.count) and (self.stop_at is None or time.perf_counter() < self.stop_at):
+            body = json.dumps({"input": self.prompts[(self.offset + i) % len(self.prompts)]}).encode()
+            t = time.perf_counter()
+            conn.request("POST", "/v1/moderations", body, {"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            data = resp.read()
+            end = time.perf_counter()
+            if resp.status != 200:
+                self.errors.append(f"{resp.status} {data[:200]!r}")
+            else:
+                self.done.append((end, end - t))
+            i += 1
+        conn.close()
+
+
+def run_clients(server: ServerProcess, prompts: list[str], clients: int, seconds: float, warmup: float) -> dict:
+    if clients == 1:  # every prompt once, in order: comparable with the in-process pass
+        client = Client(server, prompts, 0, None, len(prompts))
+        start = time.perf_counter()
+        client.run()
+        if client.errors:
+            raise SystemExit(f"errors: {client.errors[:3]}")
+        return summary([lat for _, lat in client.done], time.perf_counter() - start)
+    begin = time.perf_counter()
+    window = (begin + warmup, begin + warmup + seconds)
+    threads = [Client(server, prompts, k * 7, window[1], None) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    errors = [e for t in threads for e in t.errors]
+    if errors:
+        raise SystemExit(f"errors: {errors[:3]}")
+    latencies = [lat for t in threads for end, lat in t.done if window[0] <= end <= window[1]]
+    return summary(latencies, seconds)
+
+
+def process_per_request(rules: str | None, folder: Path, prompts: list[str], clients: int, total: int,
+                        device: str) -> dict:
+    """`crossguard check` as a new process per request, `clients` at a time."""
+    exe = Path(sys.executable).with_name("crossguard")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "crossguard_cli"]
+    base = [*cmd, "check", "--format", "json", "-m", str(folder), "--device", device] + (["-r", rules] if rules else [])
+    latencies: list[float] = []
+    lock = threading.Lock()
+    queue = list(range(total))
+
+    def worker() -> None:
+        while True:
+            with lock:
+                if not queue:
+                    return
+                i = queue.pop(0)
+            t = time.perf_counter()
+            proc = subprocess.run([*base, prompts[i % len(prompts)]], capture_output=True, text=True)
+            if proc.returncode not in (0, 1):
+                raise SystemExit(f"crossguard check failed: {proc.stderr[-500:]}")
+            with lock:
+                latencies.append(time.perf_counter() - t)
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return summary(latencies, time.perf_counter() - start)
+
+
+def bench_rules(name: str, rules: str | None, folder: Path, args, prompts: list[str]) -> list[dict]:
+    rows = []
+    levels = [int(c) for c in args.clients.split(",")]
+    print(f"[{name}] in-process Guard.check on {len(prompts)} prompts", flush=True)
+    inproc = in_process(rules, folder, prompts, args.device)
+    rows.append({"rules": name, "method": "in-process", "clients": 1, **inproc})
+    for method, extra in (("serve", []), ("(b) no-batch", ["--batch-tokens", "1"])):
+        server_args = ["-m", str(folder), "--device", args.device, "--max-queue", "4096", *extra] + (
+            ["-r", rules] if rules else [])
+        with ServerProcess(server_args) as server:
+            for clients in levels:
+                if name == "default" and clients > args.default_max_clients:
+                    continue
+                print(f"[{name}] {method}: {clients} clients", flush=True)
+                before = server.metrics()
+                seconds = args.seconds if name == "one" else args.default_seconds
+                result = run_clients(server, prompts, clients, seconds, args.warmup)
+                after = server.metrics()
+                passes = after["crossguard_batch_requests_count"] - before["crossguard_batch_requests_count"]
+                reqs = after["crossguard_batch_requests_sum"] - before["crossguard_batch_requests_sum"]
+                rows.append({"rules": name, "method": method, "clients": clients, **result,
+                             "requests_per_pass": reqs / max(1.0, passes)})
+    for clients, total in ((1, args.process_requests), (8, 8)):
+        if not args.process_requests or (name == "default" and clients > 1):
+            continue
+        print(f"[{name}] (a) process per request: {clients} clients, {total} requests", flush=True)
+        rows.append({"rules": name, "method": "(a) process", "clients": clients,
+                     **process_per_request(rules, folder, prompts, clients, total, args.device)})
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    out = ["| rules | method | clients | requests | req/s | p50 ms | p99 ms | requests/pass | x (b) |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    base = {(r["rules"], r["clients"]): r["rps"] for r in rows if r["method"] == "(b) no-batch"}
+    for r in rows:
+        ratio = r["rps"] / base[(r["rules"], r["clients"])] if (r["rules"], r["clients"]) in base else None
+        per_pass = f"{r['requests_per_pass']:.1f}" if "requests_per_pass" in r else "-"
+        out.append(f"| {r['rules']} | {r['method']} | {r['clients']} | {r['requests']} | {r['rps']:.2f} | "
+                   f"{r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {per_pass} | {'-' if ratio is None else f'{ratio:.2f}'} |")
+    return "\n".join(out)
+
+
+def verdicts(rows: list[dict]) -> list[str]:
+    lines = []
+    for name in sorted({r["rules"] for r in rows}):
+        get = {(r["method"], r["clients"]): r for r in rows if r["rules"] == name}
+        top = max(c for m, c in get if m == "serve")
+        serve, nobatch = get[("serve", top)], get.get(("(b) no-batch", top))
+        if nobatch:
+            lines.append(f"[{name}] serve vs (b) at {top} clients: {serve['rps'] / nobatch['rps']:.2f}x requests/s "
+                         "(target >= 3x)")
+        inproc, one = get[("in-process", 1)], get[("serve", 1)]
+        extra = 100 * (one["p50_ms"] / inproc["p50_ms"] - 1)
+        lines.append(f"[{name}] p50 at 1 client: serve {one['p50_ms']:.0f} ms vs in-process Guard.check "
+                     f"{inproc['p50_ms']:.0f} ms: {extra:+.1f}% (target <= +10%)")
+        if ("(a) process", 1) in get:
+            proc = get[("(a) process", 1)]
+            lines.append(f"[{name}] p50 at 1 client: serve {one['p50_ms']:.0f} ms vs a process per request "
+                         f"{proc['p50_ms']:.0f} ms ({proc['p50_ms'] / one['p50_ms']:.0f}x)")
+    return lines
+
+
+def environment() -> dict:
+    import importlib.metadata as md
+
+    versions = {}
+    for pkg in ("torch", "transformers", "sentence-transformers", "starlette", "uvicorn", "prometheus-client",
+                "crossguard"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = None
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "python": platform.python_version(), "cpu": cpu, "cores": os.cpu_count(), **versions}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", default="modernbert-68m", help="model shape (benchmarks/_workload.py ARCH)")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, ... (the same for every method)")
+    ap.add_argument("--rules", default="one,default", help="rule sets: one (a one-rule file), default (32 hypotheses)")
+    ap.add_argument("--clients", default="1,8,32", help="concurrent clients per level")
+    ap.add_argument("--prompts", type=int, default=32, help="real prompts (length quantiles) for the one-rule set")
+    ap.add_argument("--default-prompts", type=int, default=4, help="prompts for the default rules (32 pairs each)")
+    ap.add_argument("--default-max-clients", type=int, default=8, help="most clients measured with the default rules")
+    ap.add_argument("--seconds", type=float, default=15.0, help="measured window per level with several clients")
+    ap.add_argument("--default-seconds", type=float, default=30.0, help="the window with the default rules")
+    ap.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before each window")
+    ap.add_argument("--process-requests", type=int, default=3, help="(a) requests at 1 client; 0 skips (a)")
+    ap.add_argument("--cache", default=str(ROOT / ".bench"), help="where model folders are built once")
+    ap.add_argument("--out", help="write every figure as JSON here")
+    args = ap.parse_args()
+    folder = work.model_folder(args.shape, Path(args.cache))
+    env = environment()
+    print(f"# {args.shape} on {args.device}: {env['cpu']} ({env['cores']} cores), {env['date']}", flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        one = Path(tmp) / "one-rule.yaml"
+        one.write_text(ONE_RULE)
+        for name in args.rules.split(","):
+            rules = str(one) if name == "one" else None
+            count = args.prompts if name == "one" else args.default_prompts
+            rows += bench_rules(name, rules, folder, args, work.real_prompts(count))
+    print()
+    print(table(rows))
+    print()
+    for line in verdicts(rows):
+        print(line)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"environment": env, "args": vars(args), "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""What a request costs and what is scored together: estimates made without tokenising.
+
+The worker must size its rounds and passes before the model sees a prompt, on the event loop's
+budget of microseconds, so a token is taken as 4 characters. A pass groups requests whose
+longest pair is within `SIMILAR` of the pass's longest: on a CPU, padding a short prompt to a
+long one's length costs more than scoring them together saves (benchmarks/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from crossguard_cli.records.inputs import Record
+
+if TYPE_CHECKING:
+    from crossguard_cli.api import Guard
+    from crossguard_cli.serve.batcher import Job
+
+SIMILAR = 0.75  # a pass holds requests whose longest pair is at least this share of the pass's longest
+
+
+def passes(jobs: Sequence[Job]) -> list[list[Job]]:
+    """A round's jobs as passes of similar width, shortest first (a job is never split)."""
+    out: list[list[Job]] = []
+    for job in sorted(jobs, key=lambda j: j.width, reverse=True):
+        if out and job.width >= SIMILAR * out[-1][0].width:
+            out[-1].append(job)
+        else:
+            out.append([job])
+    return out[::-1]
+
+
+def estimate_tokens(guard: Guard, records: Sequence[Record]) -> tuple[int, int]:
+    """(pair tokens of all these inputs, tokens of the longest pair), estimated without tokenising:
+    4 characters a token; a pair is at most the model's max length (longer prompts are windows)."""
+    hyps = guard.rules.hypotheses
+    hyp_tokens = sum(len(h) // 4 + 3 for h in hyps)
+    cap, limit = guard.options.max_chars, guard.model.max_length
+    prompt = [min(len(rec.text or ""), cap) // 4 for rec in records]
+    width = min(limit, max(prompt, default=0) + hyp_tokens // max(1, len(hyps)))
+    return sum(len(hyps) * p + hyp_tokens for p in prompt), width
+
+
+def default_budget(guard: Guard) -> int:
+    """Four forward passes' worth of pair tokens for the device (as the scorer sizes a pass)."""
+    from crossguard_cli.engine.scorer import default_batching
+
+    _, tokens = default_batching(str(guard.model.device))
+    if guard.options.batch_size:
+        tokens = guard.options.batch_size * guard.model.max_length
+    return 4 * tokens
+
+
+__all__ = ["SIMILAR", "default_budget", "estimate_tokens", "passes"]

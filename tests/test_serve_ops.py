@@ -1,0 +1,301 @@
+"""`crossguard serve` in operation, over real HTTP on 127.0.0.1: the API key, JSON logs, rules reloads
+(SIGHUP and --watch) under load, overload (429), SIGTERM drain, Ctrl-C, and startup errors.
+
+Servers run as subprocesses on free ports with the tiny random-weight BERT of conftest. The
+"slow" server scores long prompts against the 32 default hypotheses one request per pass, so a
+queue forms that overload and drain can be seen in.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+
+from conftest import cli_env  # noqa: E402
+
+from crossguard_cli.serve.testing import ServerProcess  # noqa: E402
+
+RULES_A = "version: 1\nrules:\n  - name: alpha\n    hypothesis: The prompt is about money.\n" \
+          "  - name: beta\n    hypothesis: The prompt is a question.\n    threshold: 0.3\n"
+RULES_B = "version: 1\nrules:\n  - name: gamma\n    hypothesis: The prompt is about food.\n" \
+          "  - name: delta\n    hypothesis: The prompt is rude.\n    label: contradiction\n" \
+          "  - name: epsilon\n    hypothesis: The prompt is about sport.\n    threshold: 0.35\n"
+BAD = "version: 1\nrules:\n  - name: gamma\n    hypothesis: The prompt is about food.\n    threshold: 2\n"
+KEY = "test-key-7f3a"
+
+
+def scores_close(got: dict, want: dict) -> None:
+    assert (got["verdict"], got["flagged"], got["uncertain"]) == (want["verdict"], want["flagged"], want["uncertain"])
+    for rule, labels in want["scores"].items():
+        assert got["scores"][rule] == pytest.approx(labels, abs=0.011)
+
+
+# -- one server: key, JSON logs with prompts, --max-chars, --watch, Ctrl-C -------------------------
+
+@pytest.fixture(scope="module")
+def ops(model_dir, tmp_path_factory):
+    rules = tmp_path_factory.mktemp("ops") / "rules.yaml"
+    rules.write_text(RULES_A)
+    args = ["-m", str(model_dir), "-r", str(rules), "--log-format", "json", "--log-prompts", "--watch",
+            "--max-chars", "40"]
+    srv = ServerProcess(args, env=cli_env(CROSSGUARD_API_KEY=KEY)).start()
+    srv.rules_path = rules
+    yield srv
+    srv.kill()
+
+
+def test_the_api_key_guards_v1_and_leaves_probes_open(ops):
+    openai = pytest.importorskip("openai")
+    body = {"input": "hello"}
+    status, headers, err = ops.post("/v1/moderations", body)
+    assert status == 401 and err["error"]["code"] == "invalid_api_key"
+    assert "bearer" in headers["www-authenticate"].lower()
+    for wrong in ("Bearer nope", f"Basic {KEY}", f"Bearer {KEY}x"):
+        assert ops.post("/v1/check", body, headers={"Authorization": wrong})[0] == 401
+    assert ops.get("/v1/rules")[0] == 401
+    assert ops.post("/v1/check", body, headers={"Authorization": f"Bearer {KEY}"})[0] == 200
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert ops.get(path)[0] == 200
+    good = openai.OpenAI(base_url=ops.url + "/v1", api_key=KEY, max_retries=0)
+    assert len(good.moderations.create(input=["a", "b"]).results) == 2
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=ops.url + "/v1", api_key="wrong", max_retries=0).moderations.create(input="a")
+
+
+def test_json_logs_carry_prompts_only_when_asked_and_max_chars_truncates(ops):
+    text = "tell me about bread " * 10  # 200 characters; --max-chars 40 keeps the first 40
+    status, _, body = ops.post("/v1/check", {"input": [text]}, headers={"Authorization": f"Bearer {KEY}"})
+    assert status == 200
+    (record,) = body["results"]
+    assert record["truncated"] is True and record["text"] == text and record["status"] == "ok"
+    line = ops.wait_for_line(body["id"])
+    entry = json.loads(line)
+    assert entry["event"] == "access" and entry["status"] == 200 and entry["inputs"] == 1
+    assert entry["prompts"] == [text] and entry["path"] == "/v1/check" and entry["ms"] > 0
+    ours = [line for line in ops.lines if "crossguard" in line or line.startswith("{")]
+    assert ours and all(isinstance(json.loads(line), dict) for line in ours)  # every line of ours is JSON
+
+
+def test_watch_reloads_a_changed_file_and_keeps_the_rules_when_it_is_bad(ops):
+    auth = {"Authorization": f"Bearer {KEY}"}
+    ops.rules_path.write_text(RULES_B)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        names = [r["name"] for r in ops.get("/v1/rules", headers=auth)[2]["rules"]]
+        if names == ["gamma", "delta", "epsilon"]:
+            break
+        time.sleep(0.1)
+    assert names == ["gamma", "delta", "epsilon"]
+    mark = len(ops.lines)
+    ops.rules_path.write_text(BAD)
+    line = ops.wait_for_line("reload refused", start=mark)
+    assert "threshold" in json.loads(line)["message"] and json.loads(line)["level"] == "error"
+    assert [r["name"] for r in ops.get("/v1/rules", headers=auth)[2]["rules"]] == ["gamma", "delta", "epsilon"]
+    status, _, body = ops.post("/v1/moderations", {"input": "hi"}, headers=auth)
+    assert status == 200 and list(body["results"][0]["categories"]) == ["gamma", "delta", "epsilon"]
+
+
+def test_ctrl_c_drains_and_exits_0(ops):
+    ops.signal(signal.SIGINT)
+    assert ops.wait(30) == 0
+    assert any("stopped" in line for line in ops.lines[-3:])
+
+
+# -- the slow server: overload, then SIGTERM drain ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def long_prompts(moderation_records):
+    pool = [r["prompt"] for r in moderation_records]
+    return [" ".join(pool[i * 40:(i + 1) * 40])[:8000] for i in range(16)]
+
+
+@pytest.fixture(scope="module")
+def slow(model_dir, long_prompts):
+    from crossguard_cli import Guard
+
+    expected = {t: r.to_dict() for t, r in zip(long_prompts, Guard(None, str(model_dir), device="cpu")
+                                                 .check_many(long_prompts), strict=True)}
+    args = ["-m", str(model_dir), "--batch-tokens", "1", "--max-queue", "2", "--max-inputs", "2"]
+    srv = ServerProcess(args, env=cli_env()).start()
+    srv.expected = expected
+    yield srv
+    srv.kill()
+
+
+def fire(server, texts, path="/v1/check"):
+    """Send every text at once, one request each: [(status, headers, body, seconds)] in order."""
+    out: list = [None] * len(texts)
+    barrier = threading.Barrier(len(texts))
+
+    def client(i):
+        barrier.wait()
+        start = time.perf_counter()
+        status, headers, body = server.post(path, {"input": [texts[i]]})
+        out[i] = (status, headers, body, time.perf_counter() - start)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(texts))]
+    for t in threads:
+        t.start()
+    return threads, out
+
+
+@pytest.mark.slow
+def test_overload_refuses_fast_with_retry_after_and_answers_every_accepted_request(slow, long_prompts):
+    threads, out = fire(slow, long_prompts)
+    for t in threads:
+        t.join(120)
+    refused = [o for o in out if o[0] == 429]
+    accepted = [(text, o) for text, o in zip(long_prompts, out, strict=True) if o[0] == 200]
+    assert refused and accepted and len(refused) + len(accepted) == len(long_prompts)
+    for _, headers, body, _ in refused:
+        assert body["error"]["code"] == "rate_limit_exceeded" and body["error"]["type"] == "rate_limit_error"
+        assert int(headers["retry-after"]) >= 1
+    for text, (_, _, body, _) in accepted:
+        (record,) = body["results"]
+        assert record["text"] == text
+        scores_close(record, slow.expected[text])
+    assert statistics.median(o[3] for o in refused) < statistics.median(o[3] for _, o in accepted)
+    assert max(o[3] for o in refused) < max(o[3] for _, o in accepted)
+    metrics = slow.metrics()
+    assert metrics['crossguard_requests_total{endpoint="/v1/check",status="429"}'] == len(refused)
+
+
+@pytest.mark.slow
+def test_sigterm_finishes_requests_in_flight_then_exits_0(slow, long_prompts):
+    texts = long_prompts[:3]
+    threads, out = fire(slow, texts)
+    deadline = time.monotonic() + 30
+    while slow.metrics().get("crossguard_queue_inputs", 0) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)  # one request being scored, two waiting
+    slow.signal(signal.SIGTERM)
+    for t in threads:
+        t.join(60)
+    for text, (status, _, body, _) in zip(texts, out, strict=True):
+        assert status == 200, body
+        scores_close(body["results"][0], slow.expected[text])
+    assert slow.wait(30) == 0
+    assert any("finishing 2 requests in flight" in line or "finishing 3 requests in flight" in line
+               for line in slow.lines)
+    with pytest.raises(OSError):
+        socket.create_connection((slow.host, slow.port), timeout=2).close()
+
+
+# -- rules reloads under load ---------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_sighup_under_load_swaps_rules_between_requests_and_refuses_a_bad_file(model_dir, tmp_path,
+                                                                               moderation_records):
+    from crossguard_cli import Guard
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES_A)
+    pool = [r["prompt"] for r in moderation_records[300:340]]
+    want = {}
+    for name, text in (("A", RULES_A), ("B", RULES_B)):
+        (tmp_path / f"{name}.yaml").write_text(text)
+        guard = Guard(tmp_path / f"{name}.yaml", str(model_dir), device="cpu")
+        want[name] = {t: r.to_dict() for t, r in zip(pool, guard.check_many(pool), strict=True)}
+    names = {"A": ["alpha", "beta"], "B": ["gamma", "delta", "epsilon"]}
+    log: list[tuple[float, int, dict | None, str]] = []
+    stop = threading.Event()
+
+    with ServerProcess(["-m", str(model_dir), "-r", str(rules)], env=cli_env()) as srv:
+        def client(k):
+            i = k
+            while not stop.is_set():
+                text = pool[i % len(pool)]
+                start = time.monotonic()
+                status, _, body = srv.post("/v1/check", {"input": [text]})
+                log.append((start, status, body, text))
+                i += 7
+
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        time.sleep(0.7)
+        rules.write_text(RULES_B)
+        hup = time.monotonic()
+        srv.signal(signal.SIGHUP)
+        srv.wait_for_line("rules reloaded")
+        swapped = time.monotonic()
+        time.sleep(0.7)
+        rules.write_text(BAD)
+        srv.signal(signal.SIGHUP)
+        refused = srv.wait_for_line("reload refused")
+        time.sleep(0.7)
+        stop.set()
+        for t in threads:
+            t.join(60)
+        _, _, in_force = srv.get("/v1/rules")
+        metrics = srv.metrics()
+    assert all(status == 200 for _, status, _, _ in log), [b for _, s, b, _ in log if s != 200][:3]
+    seen = {"A": 0, "B": 0}
+    for start, _, body, text in log:
+        (record,) = body["results"]
+        which = "A" if list(record["scores"]) == names["A"] else "B"
+        assert list(record["scores"]) == names[which]  # one rule set per request, never a mix
+        assert record["text"] == text
+        scores_close(record, want[which][text])
+        seen[which] += 1
+        if start > swapped:
+            assert which == "B"
+        if start < hup - 0.5:
+            assert which == "A"
+    assert seen["A"] > 0 and seen["B"] > 0
+    assert "rules.yaml:5" in refused and "threshold" in refused and refused.startswith("crossguard: error: ")
+    assert [r["name"] for r in in_force["rules"]] == names["B"]
+    assert metrics['crossguard_rules_reloads_total{result="ok"}'] == 1
+    assert metrics['crossguard_rules_reloads_total{result="error"}'] == 1
+
+
+# -- startup errors: one line, exit 2 ---------------------------------------------------------------
+
+def test_startup_errors_are_one_line_and_exit_2(run_cli, model_dir, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(BAD)
+    code, out, err = run_cli("serve", "-m", str(model_dir), "-r", str(bad), "--port", "0")
+    assert code == 2 and out == "" and err.startswith("crossguard: error: ") and "bad.yaml:5" in err
+    assert err.count("\n") == 1
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, _, err = run_cli("serve", "-m", str(model_dir), "--port", str(port))
+    assert code == 2
+    assert err == f"crossguard: error: --port: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+    code, _, err = run_cli("serve", "-m", str(tmp_path / "no-such-model"), "--port", "0")
+    assert code == 2 and err.startswith("crossguard: error: ") and err.count("\n") == 1
+    code, _, err = run_cli("serve", "-m", str(model_dir), "--watch", "--port", "0")
+    assert code == 2 and "--watch" in err and err.count("\n") == 1
+    code, _, err = run_cli("serve", "--max-queue", "0")
+    assert code == 2 and "--max-queue" in err and err.count("\n") == 1
+
+
+def test_listening_beyond_loopback_without_a_key_warns(run_cli, tmp_path):
+    code, _, err = run_cli("serve", "--host", "0.0.0.0", "--port", "0", "-m", str(tmp_path / "no-model"))
+    lines = err.splitlines()
+    assert code == 2 and len(lines) == 2
+    assert lines[0].startswith("crossguard: warning: listening on 0.0.0.0:0 beyond this machine without an API key")
+    assert lines[1].startswith("crossguard: error: ")
+    code, _, err = run_cli("serve", "--host", "0.0.0.0", "--port", "0", "-m", str(tmp_path / "no-model"),
+                           env={"CROSSGUARD_API_KEY": "k"})
+    assert code == 2 and "warning" not in err
+
+
+def test_a_missing_extra_is_one_line_naming_the_install_command():
+    code = ("import sys; sys.modules['uvicorn'] = None; from crossguard_cli.cli import main; "
+            "main(['serve', '--port', '0'])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), timeout=60)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == "crossguard: error: crossguard serve needs uvicorn: pip install 'crossguard[serve]'\n"
