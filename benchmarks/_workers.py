@@ -88,7 +88,11 @@ def run_crossguard(spec: dict, prompts: list[str], hyps: list[str]) -> dict:
     if backend == "torch":
         from crossguard_cli.engine.loader import load_model
 
-        model = load_model(spec["model"], device=spec["device"])
+        model = load_model(spec["model"], device=spec["device"], dtype=spec.get("dtype", "auto"))
+    elif backend.startswith("openvino"):
+        from crossguard_cli.engine.openvino_model import load_openvino_model
+
+        model = load_openvino_model(spec["model"], backend=backend, cache_dir=spec.get("cache"))
     else:
         from crossguard_cli.engine.onnx_model import load_runtime_model
 
@@ -97,7 +101,9 @@ def run_crossguard(spec: dict, prompts: list[str], hyps: list[str]) -> dict:
     load = time.perf_counter() - start
     scorer.score(prompts[:WARMUP_PROMPTS])
     _zero(scorer.stats)
-    group = max(64, min(1024, scorer.batch_size * 4))
+    from crossguard_cli.engine.stream import group_size_for
+
+    group = group_size_for(scorer)
     start = time.perf_counter()
     results = []
     for i in range(0, len(prompts), group):

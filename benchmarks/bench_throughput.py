@@ -6,9 +6,12 @@
 Methods (--methods, comma-separated; each runs in its own process):
   cross-encoder  (1) the model card's usage: CrossEncoder(model).predict(pairs), all defaults (fp32, batch 32)
   zero-shot      (2) pipeline("zero-shot-classification", multi_label=True, hypothesis_template="{}")
-  crossguard     (3) crossguard's Scorer in-process (bf16 on CUDA, fp32 on CPU)
-  cli            (4) `crossguard batch FILE > out.jsonl` as a subprocess, end to end
-  onnx, onnx-int8, cli-onnx   crossguard with --backend onnx (fp32) / int8, in-process and via the CLI
+  crossguard     (3) crossguard's Scorer in-process, --dtype float32: the exact reference of the |dp| column
+  cli            (4) `crossguard batch FILE > out.jsonl` as a subprocess, end to end, default options
+  default        crossguard's Scorer in-process with the default dtype (bf16 on CUDA and on CPUs with native bf16)
+  bf16           crossguard's Scorer in-process, --dtype bfloat16 (emulated, slow, on CPUs without native bf16)
+  onnx, onnx-int8, openvino, openvino-int8   crossguard with that --backend, in-process
+  cli-onnx, cli-onnx-int8, cli-openvino-int8  the same through `crossguard batch`
 The work is the real prompts in ../shared/data (evenly spaced length quantiles: the real length mix,
 long prompts included) against every hypothesis of the default rules. Models are random-weight
 folders with real shapes and a real 30,522-piece vocabulary, built once under --cache. Also printed:
@@ -34,8 +37,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _workload as work  # noqa: E402
 
 BASELINE = "cross-encoder"
-ALL_METHODS = ("cross-encoder", "zero-shot", "crossguard", "cli", "onnx", "onnx-int8", "cli-onnx")
-CUDA_METHODS = ("cross-encoder", "zero-shot", "crossguard", "cli")
+BACKEND_METHODS = ("onnx", "onnx-int8", "openvino", "openvino-int8")
+ALL_METHODS = ("cross-encoder", "zero-shot", "crossguard", "cli", "default", "bf16", *BACKEND_METHODS,
+               *(f"cli-{b}" for b in BACKEND_METHODS))
+CPU_METHODS = ("cross-encoder", "crossguard", "cli", "onnx-int8", "openvino-int8")
+CUDA_METHODS = ("cross-encoder", "zero-shot", "crossguard", "default", "cli")
 
 
 def _wait(cmd: list[str], stdout, env=None) -> tuple[float, float, int]:
@@ -88,20 +94,25 @@ def max_prob_diff(a: list[dict], b: list[dict]) -> float:
 
 
 def matmul_rate(device: str) -> float:
-    """bf16 matmul FLOP/s on this GPU: an 8192^3 product, best of 10 after warm-up."""
+    """Matmul FLOP/s here in the precision that device's default runs: bf16 on a GPU (an 8192^3
+    product), fp32 on a CPU (2048^3, the figure MFU is quoted against there); best after warm-up."""
     import torch
 
-    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
-    b = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    cuda = device.startswith("cuda")
+    n, dtype, reps = (8192, torch.bfloat16, 10) if cuda else (2048, torch.float32, 5)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     best = float("inf")
-    for i in range(13):
-        torch.cuda.synchronize()
+    for i in range(reps + 3):
+        if cuda:
+            torch.cuda.synchronize()
         start = time.perf_counter()
         a @ b
-        torch.cuda.synchronize()
+        if cuda:
+            torch.cuda.synchronize()
         if i >= 3:
             best = min(best, time.perf_counter() - start)
-    return 2 * 8192**3 / best
+    return 2 * n**3 / best
 
 
 def help_time() -> float:
@@ -138,15 +149,16 @@ def bench_shape(shape: str, args, hyps: list[str], tmp: Path) -> list[dict]:
           f"{sum(lengths['prompt_tokens']) / len(prompts):.0f} tokens", flush=True)
     rows = []
     for method in args.methods:
-        if method in ("cli", "cli-onnx"):
-            backend = "onnx" if method == "cli-onnx" else "torch"
+        if method == "cli" or method.startswith("cli-"):
+            backend = method.removeprefix("cli-") if method != "cli" else "torch"
             r = run_cli(folder, prompts, args.device, backend, tmp, cache)
             r["pairs"] = len(lengths["windowed"])
             r["tokens"] = sum(lengths["windowed"])
         else:
-            runner = "crossguard" if method in ("crossguard", "onnx", "onnx-int8") else method
-            backend = {"onnx": "onnx", "onnx-int8": "onnx-int8"}.get(method, "torch")
-            r = run_worker({**base, "runner": runner, "backend": backend}, tmp)
+            runner = "crossguard" if method in ("crossguard", "default", "bf16", *BACKEND_METHODS) else method
+            backend = method if method in BACKEND_METHODS else "torch"
+            dtype = {"crossguard": "float32", "bf16": "bfloat16"}.get(method, "auto")
+            r = run_worker({**base, "runner": runner, "backend": backend, "dtype": dtype}, tmp)
         used = lengths["truncated"] if method in ("cross-encoder", "zero-shot") else lengths["windowed"]
         r.update(shape=shape, method=method, prompts=len(prompts), flops=work.flops(used, params),
                  params=params)
@@ -156,14 +168,30 @@ def bench_shape(shape: str, args, hyps: list[str], tmp: Path) -> list[dict]:
     for r in rows:
         if reference and "scores" in r and r is not reference:
             r["max_prob_diff_vs_torch"] = max_prob_diff(reference["scores"], r["scores"])
+            r["flips"] = flipped_decisions(reference["scores"], r["scores"])
     for r in rows:
         r.pop("scores", None)
     return rows
 
 
+def flipped_decisions(a: list[dict], b: list[dict]) -> dict:
+    """(prompt, rule) decisions and prompt verdicts that differ, under the default rules' thresholds."""
+    from crossguard_cli.engine.decide import decide
+    from crossguard_cli.rules import LABELS, load_rules
+
+    rules = load_rules(None)
+    col = {label: i for i, label in enumerate(LABELS)}
+    rule_flips = verdict_flips = 0
+    for ra, rb in zip(a, b, strict=True):
+        da, db = (decide(rules, {r.name: s[r.name][col[r.label]] for r in rules.rules}) for s in (ra, rb))
+        rule_flips += len(set(da.flagged) ^ set(db.flagged))
+        verdict_flips += da.verdict != db.verdict
+    return {"rules": rule_flips, "verdicts": verdict_flips, "decisions": len(a) * len(rules.rules)}
+
+
 def print_table(rows: list[dict], rate: float | None) -> None:
     head = ["shape", "method", "prompts/s", "pairs/s", "tokens/s", "tok/pair", "pad waste", "peak RSS MB",
-            "peak GPU MB", "max |dp|", "x (1)"] + (["MFU"] if rate else [])
+            "peak GPU MB", "max |dp|", "flips", "x (1)"] + (["MFU"] if rate else [])
     print("\n| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for r in rows:
         base = next((b for b in rows if b["shape"] == r["shape"] and b["method"] == BASELINE), None)
@@ -173,6 +201,8 @@ def print_table(rows: list[dict], rate: float | None) -> None:
                  "-" if waste is None else f"{100 * waste:.1f}%", f"{r['peak_rss_mb']:.0f}",
                  f"{r['peak_gpu_mb']:.0f}" if r.get("peak_gpu_mb") else "-",
                  f"{r['max_prob_diff_vs_torch']:.2g}" if "max_prob_diff_vs_torch" in r else "-",
+                 f"{r['flips']['rules']}/{r['flips']['decisions']} ({r['flips']['verdicts']} verdicts)"
+                 if "flips" in r else "-",
                  f"{base['seconds'] / r['seconds']:.2f}" if base else "-"]
         if rate:
             cells.append(f"{100 * r['flops'] / r['seconds'] / rate:.1f}%")
@@ -187,7 +217,8 @@ def versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count()}
-    for pkg in ("torch", "transformers", "sentence-transformers", "tokenizers", "onnxruntime", "onnx", "crossguard"):
+    for pkg in ("torch", "transformers", "sentence-transformers", "tokenizers", "onnxruntime", "onnx", "openvino",
+                "nncf", "crossguard"):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
@@ -207,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=None, help="write all figures to this JSON file")
     args = parser.parse_args(argv)
     cuda = args.device.startswith("cuda")
-    args.methods = args.methods.split(",") if args.methods else list(CUDA_METHODS if cuda else ALL_METHODS)
+    args.methods = args.methods.split(",") if args.methods else list(CUDA_METHODS if cuda else CPU_METHODS)
     unknown = set(args.methods) - set(ALL_METHODS)
     if unknown:
         parser.error(f"unknown methods: {', '.join(sorted(unknown))}")
@@ -216,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="crossguard-bench-"))
     try:
         rows = [r for shape in args.shapes.split(",") for r in bench_shape(shape.strip(), args, hyps, tmp)]
-        rate = matmul_rate(args.device) if cuda else None
+        rate = matmul_rate(args.device)
         extra = {"help_s": help_time()}
         if args.flat_shape:
             extra["memory"] = memory_flatness(args.flat_shape, args.flat_records, args.device, Path(args.cache), tmp)
@@ -228,9 +259,9 @@ def main(argv: list[str] | None = None) -> None:
                   "matmul_flops": rate, **extra}
         Path(args.out).write_text(json.dumps(report, indent=1))
     print_table(rows, rate)
-    if rate:
-        print(f"bf16 matmul rate: {rate / 1e12:.0f} TFLOP/s (8192^3); MFU = pairs/s x FLOPs/pair / rate, "
-              "FLOPs/pair = 2 x non-embedding params x tokens + 4 x layers x hidden x tokens^2")
+    what = "bf16 8192^3" if cuda else "fp32 2048^3"
+    print(f"matmul rate ({what}, this run): {rate / 1e9:,.0f} GFLOP/s; MFU = pairs/s x FLOPs/pair / rate, "
+          "FLOPs/pair = 2 x non-embedding params x tokens + 4 x layers x hidden x tokens^2")
     print(f"`crossguard --help`: {extra['help_s']:.3f} s (best of 5)")
     if "memory" in extra:
         m = extra["memory"]

@@ -36,7 +36,7 @@ class Guard:
             None for the packaged default rules.
         model: hub id or local folder; None: the rules file's `model:`, else the default model.
         revision, device, dtype, backend, batch_size, max_length, max_chars, long_input,
-            threshold: as the CLI options of the same names (`crossguard check --help`).
+            threshold, compile: as the CLI options of the same names (`crossguard check --help`).
 
     Raises:
         UsageError: an option value is out of range.
@@ -62,11 +62,13 @@ class Guard:
         max_chars: int = 50_000,
         long_input: str = "window",
         threshold: float | None = None,
+        compile: bool = False,
     ) -> None:
         rules_path = None if rules is None or isinstance(rules, (Mapping, RuleSet)) else os.fspath(rules)
         options = EngineOptions(rules=rules_path, model=model, revision=revision, device=device, dtype=dtype,
                                 backend=backend, batch_size=batch_size, max_length=max_length,
-                                max_chars=max_chars, long_input=long_input, threshold=threshold).check()
+                                max_chars=max_chars, long_input=long_input, threshold=threshold,
+                                compile=compile).check()
         self._setup(options, resolve_rules(rules, threshold))
 
     @classmethod
@@ -84,7 +86,8 @@ class Guard:
         self.options = options
         self.model_name = model_name(options.model, ruleset, options.rules)
         model = load_model(self.model_name, backend=options.backend, revision=options.revision,
-                           device=options.device, dtype=options.dtype, max_length=options.max_length)
+                           device=options.device, dtype=options.dtype, max_length=options.max_length,
+                           compile=options.compile)
         self._scorer = Scorer(model, ruleset, long_input=options.long_input, max_chars=options.max_chars,
                               batch_size=options.batch_size)
         self._lock = threading.RLock()
@@ -164,13 +167,13 @@ class Guard:
 
     def stream_groups(self, items: Iterable[str | Record | Mapping[str, Any]]) -> Iterator[list[Result]]:
         """`stream`, a list per scored group: front ends flush their output after each."""
-        from crossguard_cli.engine.stream import group_size_for, groups, score_records
+        from crossguard_cli.engine.stream import stream
 
         records = (_record(item, i) for i, item in enumerate(items, start=1))
-        with closing(groups(records, group_size_for(self._scorer))) as grouped:
-            for group in grouped:
-                with self._lock:
-                    outs = score_records(self._scorer, group)
+        # Tokenising the next groups and running the model overlap with the caller's writing;
+        # the lock is taken around each forward pass, so other callers of this Guard interleave.
+        with closing(stream(self._scorer, records, lock=self._lock)) as scored:
+            for outs in scored:
                 yield [Result(out) for out in outs]
 
     def __repr__(self) -> str:

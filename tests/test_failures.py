@@ -234,3 +234,30 @@ def test_sigterm_while_loading_is_quiet(model_dir):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode in (143, -signal.SIGTERM, 0, 1), err  # 0/1: it finished first
     assert b"Traceback" not in err
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_a_signal_while_loading_is_not_reported_as_a_broken_model(model_dir, monkeypatch, backend):
+    """SIGTERM raises the CLI's Terminated (a BaseException) wherever Python is: during a load it
+    must unwind to exit 143, not become "cannot load model ...: Terminated" and exit 2."""
+    from crossguard_cli.cli.signals import Terminated
+    from crossguard_cli.engine import export, loader, torch_model
+    from crossguard_cli.errors import ModelError
+
+    def stopped(*_args, **_kwargs):
+        raise Terminated()
+
+    monkeypatch.setattr(torch_model, "_load_crossencoder", stopped)
+    monkeypatch.setattr(export, "_from_pretrained", stopped)
+    with pytest.raises(Terminated):
+        loader.load_model(str(model_dir), backend=backend, device="cpu")
+
+    PanicException = type("PanicException", (BaseException,), {})  # PyO3's, from a corrupt tokenizer.json
+
+    def panics(*_args, **_kwargs):
+        raise PanicException("called `Result::unwrap()` on an `Err` value")
+
+    monkeypatch.setattr(torch_model, "_load_crossencoder", panics)
+    monkeypatch.setattr(export, "_from_pretrained", panics)
+    with pytest.raises(ModelError, match="cannot load model .*PanicException"):
+        loader.load_model(str(model_dir), backend=backend, device="cpu")

@@ -2,8 +2,9 @@
 
 The model is the caller's choice, else the rules file's `model:` (a relative folder is found
 beside the rules file, like an include), else the default CrossingGuard model. The backend
-picks the loader: torch through sentence-transformers' `CrossEncoder`, or ONNX Runtime. Both
-return an object with the same scoring surface (`logits`, `tokenizer`, `label_columns`, ...).
+picks the loader: torch through sentence-transformers' `CrossEncoder`, ONNX Runtime or
+OpenVINO. All return an object with the same scoring surface (`logits`, `tokenizer`,
+`label_columns`, `max_length`, `input_names`, ...).
 """
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ from __future__ import annotations
 import os
 
 from crossguard_cli import DEFAULT_MODEL
+from crossguard_cli.engine.options import BACKENDS
 from crossguard_cli.errors import UsageError
 from crossguard_cli.rules import RuleSet
+
+RUNTIME_BACKENDS = ("onnx", "onnx-int8", "openvino", "openvino-int8")  # exported from the torch model, run on the CPU
 
 
 def quiet_libraries() -> None:
@@ -48,8 +52,8 @@ def model_name(model: str | None, ruleset: RuleSet, rules_path: str | None) -> s
 
 
 def load_model(name: str, *, backend: str = "torch", revision: str | None = None, device: str = "auto",
-               dtype: str = "auto", max_length: int = 512):
-    """Load `name` with `backend`; see `load_torch_model` and `load_runtime_model`.
+               dtype: str = "auto", max_length: int = 512, compile: bool = False):
+    """Load `name` with `backend`; see `load_torch_model`, `load_runtime_model`, `load_openvino_model`.
 
     Raises:
         ModelError: the model cannot be found, loaded or used.
@@ -59,14 +63,22 @@ def load_model(name: str, *, backend: str = "torch", revision: str | None = None
     if backend == "torch":
         from crossguard_cli.engine.torch_model import load_torch_model
 
-        return load_torch_model(name, revision=revision, device=device, dtype=dtype, max_length=max_length)
+        return load_torch_model(name, revision=revision, device=device, dtype=dtype, max_length=max_length,
+                                compile=compile)
+    if backend not in RUNTIME_BACKENDS:
+        raise UsageError(f"--backend: {backend!r} is not one of {', '.join(BACKENDS)}")
+    if compile:
+        raise UsageError(f"--compile: compiles the torch model; --backend {backend} has its own compiler")
+    if (dtype or "auto") not in ("auto", "float32"):
+        raise UsageError(f"--dtype {dtype}: --backend {backend} runs in float32 (or int8 with {backend.split('-')[0]}"
+                         "-int8)")
     if backend in ("onnx", "onnx-int8"):
         from crossguard_cli.engine.onnx_model import load_runtime_model
 
-        if (dtype or "auto") not in ("auto", "float32"):
-            raise UsageError(f"--dtype {dtype}: --backend {backend} runs in float32 (or int8 with onnx-int8)")
         return load_runtime_model(name, revision=revision, backend=backend, max_length=max_length, device=device)
-    raise UsageError(f"--backend: {backend!r} is not one of torch, onnx, onnx-int8")
+    from crossguard_cli.engine.openvino_model import load_openvino_model
+
+    return load_openvino_model(name, revision=revision, backend=backend, max_length=max_length, device=device)
 
 
 __all__ = ["load_model", "model_name", "quiet_libraries"]

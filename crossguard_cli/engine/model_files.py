@@ -100,6 +100,15 @@ def load_cached_first(load, name: str, revision: str | None):
         return load(local_files_only=False)
 
 
+def is_library_failure(exc: BaseException) -> bool:
+    """Whether `exc` is a loading library's failure rather than a signal or an exit to pass on.
+
+    A Rust panic in the tokenizer (a corrupt tokenizer.json) arrives as PyO3's PanicException,
+    a BaseException; Ctrl-C, SIGTERM (the CLI's Terminated) and SystemExit must go on unwinding.
+    """
+    return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"
+
+
 def load_failure(name: str, exc: BaseException) -> ModelError:
     """One line for a model that could not be loaded: what failed, and where to look."""
     local = os.path.isdir(name)
@@ -110,5 +119,5 @@ def load_failure(name: str, exc: BaseException) -> ModelError:
     return ModelError(f"cannot load model {name!r}: {type(exc).__name__}: {first}; {hint}")
 
 
-__all__ = ["check_model_name", "label_columns", "load_cached_first", "load_failure", "model_limit",
-           "require_fast_tokenizer", "require_hub"]
+__all__ = ["check_model_name", "is_library_failure", "label_columns", "load_cached_first", "load_failure",
+           "model_limit", "require_fast_tokenizer", "require_hub"]

@@ -15,7 +15,7 @@ from crossguard_cli import DEFAULT_MODEL
 from crossguard_cli.errors import UsageError
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
-BACKENDS = ("torch", "onnx", "onnx-int8")
+BACKENDS = ("torch", "onnx", "onnx-int8", "openvino", "openvino-int8")
 LONG_INPUT = ("window", "truncate")
 
 
@@ -83,10 +83,12 @@ class EngineOptions:
         help="auto, cpu, cuda, cuda:N or mps.")
     dtype: str = _option(
         "auto", flag="--dtype", choices=DTYPES, metavar="DTYPE", panel="Model",
-        help="auto, float32, float16 or bfloat16 (auto: bf16/fp16 on CUDA, fp32 on CPU; float32 is exact).")
+        help="auto, float32, float16 or bfloat16 (auto: bf16/fp16 on CUDA; on a CPU bf16 where it has native "
+             "bf16 matmuls, else fp32; float32 is exact).")
     backend: str = _option(
         "torch", flag="--backend", choices=BACKENDS, metavar="BACKEND", panel="Model",
-        help="torch; onnx (ONNX Runtime on the CPU, exact); onnx-int8 (int8 weights: faster, approximate).")
+        help="torch; onnx or openvino (ONNX Runtime, OpenVINO on the CPU: exact); onnx-int8 or openvino-int8 "
+             "(int8: faster, approximate). Exports are cached.")
     batch_size: int | None = _option(
         None, flag="--batch-size", low=1, metavar="N", panel="Model",
         help="Pairs per forward pass (>= 1). [default: chosen per device, by a token budget]")
@@ -99,6 +101,9 @@ class EngineOptions:
     threshold: float | None = _option(
         None, flag="--threshold", low=0.0, high=1.0, metavar="X", panel="Scoring",
         help="Override every rule's threshold (0 to 1).")
+    compile: bool = _option(
+        False, flag="--compile", panel="Model",
+        help="Run the torch model through torch.compile: same scores; the first batches wait for the compiler.")
     long_input: str = _option(
         "window", flag="--long-input", choices=LONG_INPUT, metavar="MODE", panel="Scoring",
         help="window: score overlapping windows, best wins; truncate: first window only.")

@@ -92,10 +92,6 @@ class Result:
     def text(self) -> str | None:
         return self._record.get("text")
 
-    @property
-    def is_flagged(self) -> bool:
-        return self.verdict == "flagged"
-
     def to_dict(self) -> dict[str, Any]:
         """The output record, as `crossguard batch` writes it (a fresh copy)."""
         out = dict(self._record)

@@ -1,7 +1,8 @@
 """The streaming engine: records in, one output record per input record out, in order.
 
 A reader thread pulls records from the (lazy) input into a bounded queue, so reading a file
-overlaps with the model and memory stays flat however large the input. The scoring loop takes
+overlaps with the model and memory stays flat however large the input; `pipelined` then
+overlaps tokenising, padding and writing with the model's forward passes. The scoring loop takes
 as many records as are ready, up to a group size; when the input goes quiet (`tail -f`) it
 scores what it has after a few milliseconds instead of waiting for a full group.
 """
@@ -16,11 +17,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from crossguard_cli.engine.decide import decide
+from crossguard_cli.engine.pipeline import pipelined
+from crossguard_cli.engine.reduce import PromptScores
 from crossguard_cli.engine.results import empty_record, error_record, scored_record
 from crossguard_cli.engine.scorer import Scorer
 from crossguard_cli.records.inputs import Record
 
 _END = object()
+FIRST_GROUP = 64  # records in a stream's first group; each next group doubles, up to the group size
 
 
 @dataclass
@@ -54,8 +58,27 @@ def _reader(records: Iterable[Record], q: queue.Queue, stop: threading.Event) ->
             close()
 
 
-def groups(records: Iterable[Record], size: int, idle: float = 0.02) -> Iterator[list[Record]]:
-    """Group records as they arrive: up to `size`, or fewer once the input has been idle `idle` s."""
+def _take(q: queue.Queue, cancel: threading.Event | None) -> object:
+    """The next item; `_END` once `cancel` is set (a consumer in another thread has gone away)."""
+    if cancel is None:
+        return q.get()
+    while not cancel.is_set():
+        try:
+            return q.get(timeout=0.1)
+        except queue.Empty:
+            continue
+    return _END
+
+
+def groups(records: Iterable[Record], size: int, idle: float = 0.02, first: int | None = None,
+           cancel: threading.Event | None = None) -> Iterator[list[Record]]:
+    """Group records as they arrive: up to `size`, or fewer once the input has been idle `idle` s.
+
+    With `first`, the first group holds at most `first` records and each next one twice as many,
+    up to `size`: the first results (and the device's first batch) come sooner. Setting `cancel`
+    ends the groups even while the input is quiet (the iterating thread must not wait forever).
+    """
+    limit = min(size, first or size)
     q: queue.Queue = queue.Queue(maxsize=max(2 * size, 64))
     stop = threading.Event()
     thread = threading.Thread(target=_reader, args=(records, q, stop), daemon=True, name="crossguard-reader")
@@ -63,7 +86,7 @@ def groups(records: Iterable[Record], size: int, idle: float = 0.02) -> Iterator
     try:
         done = False
         while not done:
-            item = q.get()
+            item = _take(q, cancel)
             group: list[Record] = []
             while True:
                 if item is _END:
@@ -74,7 +97,7 @@ def groups(records: Iterable[Record], size: int, idle: float = 0.02) -> Iterator
                         yield group
                     raise item.exc
                 group.append(item)
-                if len(group) >= size:
+                if len(group) >= limit:
                     break
                 try:
                     item = q.get(timeout=idle)
@@ -82,14 +105,20 @@ def groups(records: Iterable[Record], size: int, idle: float = 0.02) -> Iterator
                     break
             if group:
                 yield group
+                limit = min(size, 2 * limit)
     finally:
         stop.set()
 
 
 def score_records(scorer: Scorer, group: list[Record]) -> list[dict[str, Any]]:
     """Output records for one group, in order; only `ok` records reach the model."""
-    ok = [r for r in group if r.status == "ok"]
-    results = iter(scorer.score([r.text for r in ok]) if ok else [])
+    ok = [r.text for r in group if r.status == "ok"]
+    return records_for(scorer, group, scorer.score(ok) if ok else [])
+
+
+def records_for(scorer: Scorer, group: list[Record], scores: list[PromptScores]) -> list[dict[str, Any]]:
+    """Output records for one group, given the scores of its `ok` records in order."""
+    results = iter(scores)
     out = []
     for rec in group:
         if rec.status == "error":
@@ -111,10 +140,20 @@ def group_size_for(scorer: Scorer) -> int:
     return max(64, min(1024, scorer.batch_size * 4))
 
 
-def stream(scorer: Scorer, records: Iterable[Record], group_size: int | None = None
+def stream(scorer: Scorer, records: Iterable[Record], group_size: int | None = None, lock=None
            ) -> Iterator[list[dict[str, Any]]]:
-    """Output records, a group at a time (write and flush each group before the next)."""
-    group_size = group_size or group_size_for(scorer)
-    with closing(groups(records, group_size)) as grouped:  # stops the reader when we stop early
-        for group in grouped:
-            yield score_records(scorer, group)
+    """Output records, a group at a time (write and flush each group before the next).
+
+    Groups go through `pipelined`: the next groups are tokenised and padded, and the model runs,
+    while the caller writes this one. `lock` is taken around each forward pass.
+    """
+    size = group_size or group_size_for(scorer)
+    cancel = threading.Event()
+    grouped = groups(records, size, first=min(size, FIRST_GROUP), cancel=cancel)
+
+    def finish(group: list[Record], prepared) -> list[dict[str, Any]]:
+        return records_for(scorer, group, scorer.finish(prepared))
+
+    # Closing stops (and joins) the threads when the caller stops early.
+    with closing(pipelined(scorer, grouped, finish, lock, stop=cancel)) as scored:
+        yield from scored
