@@ -15,7 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-COMMANDS = ([], ["check"], ["batch"], ["validate"], ["eval"])
+COMMANDS = ([], ["check"], ["batch"], ["validate"], ["eval"], ["serve"])
 BEGIN, END = "<!-- cli-reference:begin -->", "<!-- cli-reference:end -->"
 
 

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from crossguard_cli.engine.decide import rule_state
-from crossguard_cli.errors import CrossguardError, InputError, RulesError, UsageError
+from crossguard_cli.errors import InputError, RulesError, UsageError
 from crossguard_cli.evaluation import labels as lb
 from crossguard_cli.evaluation import metrics, tune
 from crossguard_cli.evaluation import report as ev
@@ -123,13 +123,13 @@ DATASETS = {
 def test_threshold_metrics_match_brute_force(name, t):
     s, y = DATASETS[name]
     y = [bool(v) for v in y]
-    c = metrics.confusion(s, y, t)
+    c = metrics.confusion_from_predictions(np.asarray(s) >= t, y)
     assert (c.tp, c.fp, c.fn, c.tn) == bf_counts(s, y, t)
     p, r, f, fpr = bf_prf(s, y, t)
     assert same(metrics.precision(c), p) and same(metrics.recall(c), r)
     assert same(metrics.f1(c), f) and same(metrics.fpr(c), fpr)
     for margin in (0.0, 0.05, 0.1, 0.3):
-        got = metrics.abstention(s, y, t, margin)
+        got = metrics.abstention_from_decisions(np.asarray(s) >= t, metrics.uncertain_mask(s, t, margin), y)
         want = bf_abstention(s, y, t, margin)
         assert same(got[0], want[0]) and same(got[1], want[1])
 
@@ -163,10 +163,10 @@ def test_average_precision_known_values():
 
 
 def test_undefined_values_are_none_and_json_null():
-    c = metrics.confusion([0.1, 0.2], [False, False], 0.5)
+    c = metrics.confusion_from_predictions([False, False], [False, False])
     assert metrics.precision(c) is None and metrics.recall(c) is None and metrics.f1(c) is None
     assert metrics.fpr(c) == 0.0
-    assert metrics.f1(metrics.confusion([0.1, 0.2], [True, False], 0.5)) == 0.0  # positives, none found
+    assert metrics.f1(metrics.confusion_from_predictions([False, False], [True, False])) == 0.0  # none found
     assert metrics.best_f1_threshold([0.1], [False]) == (None, None)
     assert metrics.target_precision_threshold([0.9, 0.8], [False, True], 1.0) == (None, None)
     assert metrics.target_precision_threshold([0.9, 0.8], [False, True], 0.5) == (0.8, 1.0)
@@ -517,6 +517,16 @@ def moderation_file() -> Path:
     return path
 
 
+def evaluate_scores_file(labelled_path, scores_path, rules, map_specs):
+    """`crossguard eval LABELLED --scores SCORED` without the CLI: the calls it makes, no model."""
+    names = [r.name for r in rules]
+    labelled = lb.read_labelled(labelled_path, names, lb.parse_maps(map_specs, names))
+    unreadable: list = []
+    pairs = lb.join_scores(labelled.labelled, lb.read_objects(scores_path, unreadable), str(scores_path))
+    assert not unreadable and not labelled.unreadable
+    return ev.build_report(pairs, rules, target_precision=0.9)
+
+
 def test_openai_moderation_end_to_end(tmp_path):
     path = moderation_file()
     keys = {"S": "sexual", "H": "hate", "V": "violence", "SH": "self-harm"}
@@ -533,7 +543,7 @@ def test_openai_moderation_end_to_end(tmp_path):
             scores = {v: {"entailment": p, "neutral": 0.0, "contradiction": round(100 - p, 2)}
                       for v, p in pcts.items()}
             f.write(json.dumps({"source": str(path), "line": line, "status": "ok", "scores": scores}) + "\n")
-    report = ev.evaluate_scores_file(path, scored, rules, specs, target_precision=0.9)
+    report = evaluate_scores_file(path, scored, rules, specs)
     assert report.records == len(raw) == 1680 and report.skipped == 0
     for row in report.rules:
         key = next(k for k, v in keys.items() if v == row.name)
@@ -550,13 +560,9 @@ def test_openai_moderation_end_to_end(tmp_path):
         f"  - name: {name}  # keep\n    hypothesis: The prompt is about {name}.\n" for name in keys.values()))
     tune.write_tuned_rules(rules_file, tmp_path / "tuned.yaml", tune.suggested_thresholds(report))
     tuned = load_rules(tmp_path / "tuned.yaml").rules
-    again = ev.evaluate_scores_file(path, scored, tuned, specs, target_precision=0.9)
+    again = evaluate_scores_file(path, scored, tuned, specs)
     assert [r.f1 for r in again.rules] == [r.best_f1 for r in report.rules]
     assert [r.threshold for r in again.rules] == [r.best_f1_threshold for r in report.rules]
-
-
-def test_errors_are_crossguard_errors():
-    assert issubclass(InputError, CrossguardError) and issubclass(UsageError, CrossguardError)
 
 
 def test_write_tuned_rules_refuses_an_edit_it_cannot_verify(tmp_path):

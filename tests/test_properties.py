@@ -162,7 +162,8 @@ YAML_TEXT = st.one_of(
         st.dictionaries(YAML_KEY, YAML_DATA, max_size=5), max_size=3)),
     st.text(max_size=80),
     st.sampled_from(["rules:\n  - name: a\n    hypothesis: A.\n    threshold: 0.5\n    threshold: 0.6\n",
-                     "rules: [", "\t- x", "rules:\n  - &a {name: a, hypothesis: A.}\n  - *a\n", "!!python/object:os.system {}"]),
+                     "rules: [", "\t- x", "rules:\n  - &a {name: a, hypothesis: A.}\n  - *a\n",
+                     "!!python/object:os.system {}"]),
 )
 
 

@@ -13,18 +13,20 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import sys
 from typing import Annotated
 
 import typer
 
 from crossguard_cli import __version__
+from crossguard_cli.cli import signals
 from crossguard_cli.cli.batch import batch
 from crossguard_cli.cli.check import check
 from crossguard_cli.cli.console import drop_stdout, error_line
 from crossguard_cli.cli.eval import eval_command
 from crossguard_cli.cli.options import PanelCommand
+from crossguard_cli.cli.serve import serve
+from crossguard_cli.cli.signals import Terminated
 from crossguard_cli.cli.validate import validate
 from crossguard_cli.errors import CrossguardError
 
@@ -58,14 +60,7 @@ app.command(cls=PanelCommand)(check)
 app.command(cls=PanelCommand)(batch)
 app.command(cls=PanelCommand)(validate)
 app.command("eval", cls=PanelCommand)(eval_command)
-
-
-class Terminated(BaseException):
-    """SIGTERM arrived: unwind like Ctrl-C (every line written so far stays complete)."""
-
-
-def _on_sigterm(signum, frame) -> None:  # noqa: ARG001 - the signal module's signature
-    raise Terminated
+app.command(cls=PanelCommand)(serve)
 
 
 def _quiet_broken_pipe() -> int:
@@ -129,52 +124,31 @@ def _run(args: list[str]) -> int:
         return _internal_error(exc)
 
 
-def _notices_on_stderr() -> None:
-    """The engine says what it is doing (an export, a cache) through the `crossguard_cli` logger;
-    the CLI prints those notices as `crossguard: ...` lines on stderr. The engine never prints."""
-    import logging
-
-    class StderrNow(logging.StreamHandler):
-        """Writes to whatever `sys.stderr` is when it writes (tests and embedders swap it)."""
-
-        @property  # type: ignore[override]
-        def stream(self):
-            return sys.stderr
-
-        @stream.setter
-        def stream(self, value) -> None:
-            pass
-
-    logger = logging.getLogger("crossguard_cli")
-    if not any(type(h).__name__ == "StderrNow" for h in logger.handlers):
-        handler = StderrNow()
-        handler.setFormatter(logging.Formatter("crossguard: %(message)s"))
-        logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-
-
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app and exit with its code.
 
     The command runs through Click's `make_context`/`invoke` rather than `main`, whose own
     handlers would turn a closed pipe into exit 1 and hide Ctrl-C from us. SIGTERM unwinds like
-    Ctrl-C; stderr never fails to encode a message, whatever the locale.
+    Ctrl-C, and neither cuts an output line in half (cli/signals.py); stderr never fails to
+    encode a message, whatever the locale.
     """
     args = sys.argv[1:] if argv is None else list(argv)
     if hasattr(sys.stderr, "reconfigure"):
         sys.stderr.reconfigure(errors="backslashreplace")
-    _notices_on_stderr()
-    previous = None
-    if hasattr(signal, "SIGTERM") and _in_main_thread():
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    import logging
+
+    from crossguard_cli.notices import notices_on_stderr
+
+    notices_on_stderr(logging.Formatter("crossguard: %(message)s"))
+    restore = signals.install()
     try:
         code = _run(args)
     except Terminated:  # arrived while an error was being reported
         code = EXIT_TERMINATED
+    except KeyboardInterrupt:
+        code = 130
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        restore()
     try:
         sys.stdout.flush()  # complete every line written before the end (Ctrl-C, SIGTERM)
     except BrokenPipeError:
@@ -183,12 +157,6 @@ def main(argv: list[str] | None = None) -> None:
     except (OSError, ValueError):
         drop_stdout()
     sys.exit(code)
-
-
-def _in_main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
 
 
 __all__ = ["app", "main"]

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from crossguard_cli.cli.options import choice, engine_options, within
+from crossguard_cli.cli.options import FieldOpt, IdFieldOpt, choice, engine_options, within
 from crossguard_cli.engine.options import EngineOptions
 from crossguard_cli.errors import InputError, UsageError
 
@@ -30,11 +30,8 @@ def eval_command(
     scores: Annotated[str | None, typer.Option(
         "--scores", metavar="FILE", rich_help_panel="Input",
         help="Evaluate an earlier `batch` output instead of running the model.")] = None,
-    field: Annotated[str | None, typer.Option(
-        "--field", metavar="NAME", rich_help_panel="Input",
-        help="Text field. [default: the first of text, prompt, input, content]")] = None,
-    id_field: Annotated[str, typer.Option(
-        "--id-field", metavar="NAME", rich_help_panel="Input", help="Id field used to join --scores.")] = "id",
+    field: FieldOpt = None,
+    id_field: IdFieldOpt = None,
     target_precision: Annotated[float, typer.Option(
         "--target-precision", callback=within("--target-precision", 0.0, 1.0), metavar="P",
         rich_help_panel="Evaluation", help="Also suggest the threshold that reaches this precision (0 to 1).")] = 0.95,
@@ -73,7 +70,7 @@ def eval_command(
             raise UsageError(f"no such folder: {Path(out_path).parent}", option)
     names = [r.name for r in ruleset.rules]
     mapping = lb.parse_maps(maps or [], names)
-    data = lb.read_labelled(labelled, names, mapping, id_field=id_field, field=field)
+    data = lb.read_labelled(labelled, names, mapping, id_field=id_field or "id", field=field)
     if scores:
         bad_scores: list = []
         scored = list(lb.read_objects(scores, bad_scores))

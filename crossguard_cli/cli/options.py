@@ -17,7 +17,7 @@ from typer.core import TyperCommand
 
 from crossguard_cli.engine.options import EngineOptions, Spec, option_specs
 
-PANELS = ("Scoring", "Model", "Input", "Evaluation", "Output")
+PANELS = ("Scoring", "Model", "Input", "Evaluation", "Output", "Service", "Ray")
 
 
 def choice(name: str, values: tuple[str, ...]) -> Callable[[Any], Any]:
@@ -65,6 +65,15 @@ def engine_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+# Input options that every command reading JSONL shares (batch, eval, serve's neighbours).
+FieldOpt = Annotated[str | None, typer.Option(
+    "--field", metavar="NAME", rich_help_panel="Input",
+    help="JSONL text field. [default: the first of text, prompt, input, content]")]
+IdFieldOpt = Annotated[str | None, typer.Option(
+    "--id-field", metavar="NAME", rich_help_panel="Input",
+    help="JSONL id field, copied to the output and used to join records. [default: id, when present]")]
+
+
 class PanelCommand(TyperCommand):
     """Plain-text `--help` (no boxes, stable for the README) with options grouped by panel."""
 
@@ -87,4 +96,4 @@ class PanelCommand(TyperCommand):
                 formatter.write_dl(panels[panel])
 
 
-__all__ = ["PANELS", "PanelCommand", "checked", "choice", "engine_options", "within"]
+__all__ = ["PANELS", "FieldOpt", "IdFieldOpt", "PanelCommand", "checked", "choice", "engine_options", "within"]

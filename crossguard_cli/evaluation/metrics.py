@@ -63,12 +63,6 @@ def confusion_from_predictions(predicted: ArrayLike, labels: ArrayLike) -> Confu
                      fn=int(np.sum(~p & y)), tn=int(np.sum(~p & ~y)))
 
 
-def confusion(scores: ArrayLike, labels: ArrayLike, threshold: float) -> Confusion:
-    """Counts when a record is predicted positive at `score >= threshold`."""
-    s, y = _arrays(scores, labels)
-    return confusion_from_predictions(s >= threshold, y)
-
-
 def precision(c: Confusion) -> float | None:
     """tp / (tp + fp); None when nothing was predicted positive."""
     return c.tp / (c.tp + c.fp) if c.tp + c.fp else None
@@ -190,14 +184,6 @@ def abstention_from_decisions(
     keep = ~u
     c = confusion_from_predictions(np.asarray(predicted, dtype=bool)[keep], np.asarray(labels, bool)[keep])
     return float(u.mean()), accuracy(c)
-
-
-def abstention(
-    scores: ArrayLike, labels: ArrayLike, threshold: float, margin: float
-) -> tuple[float | None, float | None]:
-    """Uncertain rate and confident accuracy for one rule at `threshold` and `margin`."""
-    s, y = _arrays(scores, labels)
-    return abstention_from_decisions(s >= threshold, uncertain_mask(s, threshold, margin), y)
 
 
 @dataclass

@@ -20,9 +20,8 @@ What to do with a report (tuned rules file, plots) lives in tune.py.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,7 +29,7 @@ import numpy as np
 from crossguard_cli.engine.decide import rule_state
 from crossguard_cli.errors import InputError, UsageError
 from crossguard_cli.evaluation import metrics
-from crossguard_cli.evaluation.labels import Pair, join_scores, parse_maps, read_labelled, read_objects
+from crossguard_cli.evaluation.labels import Pair
 
 OVERALL_CURVE = "overall (any rule)"  # key of the overall curve in Report.curves; never a rule name
 
@@ -108,19 +107,6 @@ def build_report(pairs: Sequence[Pair], rules: Sequence[Any], *, target_precisio
     curves[OVERALL_CURVE] = (top[known], y)
     return Report(rows, overall, target_precision, len(pairs), len(ok), len(pairs) - len(ok),
                   [rules[j].name for j in cols], curves)
-
-
-def evaluate_scores_file(labelled_path: str | Path, scores_path: str | Path, rules: Sequence[Any],
-                         map_specs: Iterable[str] = (), *, target_precision: float = 0.95,
-                         id_field: str = "id") -> Report:
-    """`crossguard eval LABELLED --scores SCORED`: the whole path, no model."""
-    names = [r.name for r in rules]
-    labelled = read_labelled(labelled_path, names, parse_maps(map_specs, names), id_field)
-    unreadable = labelled.unreadable
-    pairs = join_scores(labelled.labelled, read_objects(scores_path, unreadable), str(scores_path))
-    if unreadable:
-        raise InputError(unreadable[0].error or "unreadable record", f"{unreadable[0].source}:{unreadable[0].line}")
-    return build_report(pairs, rules, target_precision=target_precision)
 
 
 _THRESHOLD_FIELDS = ("threshold", "best_f1_threshold", "target_precision_threshold")
