@@ -122,6 +122,9 @@ class Guard:
         other.model_name = self.model_name
         other._scorer = Scorer(self._scorer.model, ruleset, long_input=self.options.long_input,
                                max_chars=self.options.max_chars, batch_size=self.options.batch_size)
+        # A budget this Guard's scorer reduced after running out of memory holds for the same model.
+        other._scorer.batch_size = min(other._scorer.batch_size, self._scorer.batch_size)
+        other._scorer.batch_tokens = min(other._scorer.batch_tokens, self._scorer.batch_tokens)
         other._lock = self._lock  # one model: one forward pass at a time, whichever rules
         return other
 
@@ -148,11 +151,15 @@ class Guard:
         or `content`) and an optional `id`. An empty or unreadable item gives a result whose
         `status` is "empty" or "error"; nothing here raises for one bad item.
         """
-        from crossguard_cli.engine.stream import score_records
+        from crossguard_cli.engine.stream import group_size_for, score_records
 
         records = [_record(item, None) for item in items]
-        with self._lock:
-            return [Result(out) for out in score_records(self._scorer, records)] if records else []
+        size = group_size_for(self._scorer)  # a group at a time: memory bounded by the group, as in `batch`
+        out: list[Result] = []
+        for at in range(0, len(records), size):
+            with self._lock:
+                out.extend(Result(r) for r in score_records(self._scorer, records[at : at + size]))
+        return out
 
     def stream(self, items: Iterable[str | Record | Mapping[str, Any]]) -> Iterator[Result]:
         """Lazily score an iterable of any size: one result per item, in order, as groups are scored.
@@ -207,7 +214,8 @@ def _record(item: str | Record | Mapping[str, Any], position: int | None) -> Rec
                      else f"field {name!r} must be a string")
             return Record(source, position, id=item.get("id"), error=error)
         return dataclasses.replace(record_from_text(text, source, position), id=item.get("id"))
-    raise TypeError(f"expected a string, a Record or a mapping with a text field, got {type(item).__name__}")
+    return Record(source, position, error=f"expected a string, or a mapping with a text field; got "
+                                          f"{type(item).__name__}")
 
 
 __all__ = ["Guard", "Result", "resolve_rules"]

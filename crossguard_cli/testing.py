@@ -18,7 +18,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 CROSSINGGUARD_LABELS = ("entailment", "neutral", "contradiction")
-CROSS_ENCODER_NLI_LABELS = ("contradiction", "entailment", "neutral")
 
 # Real shapes, for benchmarks: the weights do not change the cost, the shapes do.
 SHAPES: dict[str, dict] = {

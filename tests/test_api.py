@@ -152,10 +152,12 @@ def test_check_refuses_what_it_cannot_score(model_dir):
 def test_check_many_takes_strings_records_and_mappings_in_order(model_dir):
     guard = Guard(model=str(model_dir), device="cpu")
     items = ["hello there", {"prompt": "how do I bake bread", "id": 7}, Record("f.txt", 9, text="hi"),
-             {"id": "x"}, "\u200b", {"text": 42}, Record("f.txt", 10, error="invalid UTF-8")]
+             {"id": "x"}, "\u200b", {"text": 42}, Record("f.txt", 10, error="invalid UTF-8"), None, b"bytes"]
     results = guard.check_many(items)
-    assert [r.status for r in results] == ["ok", "ok", "ok", "error", "empty", "error", "error"]
-    assert [r.verdict for r in results[3:]] == [None, None, None, None]  # unscored: never "allowed"
+    assert [r.status for r in results] == ["ok", "ok", "ok", "error", "empty", "error", "error", "error", "error"]
+    assert [r.verdict for r in results[3:]] == [None] * 6  # unscored: never "allowed"
+    assert results[7].error.endswith("got NoneType") and results[8].error.endswith("got bytes")
+    assert [r.status for r in guard.stream(["a", None, "b"])] == ["ok", "error", "ok"]
     assert results[1].to_dict()["id"] == 7 and "source" not in results[1].to_dict()
     assert results[2].to_dict()["source"] == "f.txt" and results[2].to_dict()["line"] == 9
     assert results[3].error.startswith("no text field") and results[5].error == "field 'text' must be a string"

@@ -17,7 +17,7 @@ from crossguard_cli.engine.options import EngineOptions  # noqa: E402
 from crossguard_cli.engine.results import Result  # noqa: E402
 from crossguard_cli.records.inputs import Record  # noqa: E402
 from crossguard_cli.rules import parse_rules  # noqa: E402
-from crossguard_cli.serve.batcher import MicroBatcher, QueueFull, ScoringFailed  # noqa: E402
+from crossguard_cli.serve.batcher import MicroBatcher, QueueFull, ScoringFailed, Unavailable  # noqa: E402
 from crossguard_cli.serve.options import ServeOptions  # noqa: E402
 from crossguard_cli.serve.protocol import ApiError, moderation_response, parse_request, unscored  # noqa: E402
 from crossguard_cli.serve.security import authorized, is_loopback  # noqa: E402
@@ -281,6 +281,29 @@ def test_a_failed_pass_fails_its_requests_and_the_worker_keeps_serving():
     assert batcher.ready
     batcher.stop()
     assert not batcher.ready
+
+
+def test_a_dead_worker_fails_waiting_requests_and_health(monkeypatch):
+    batcher = MicroBatcher(FakeGuard(), batch_wait_ms=1000)
+    gathered = threading.Event()
+
+    def broken_gather():
+        gathered.set()
+        raise RuntimeError("a bug in the worker")
+
+    monkeypatch.setattr(batcher, "_gather", broken_gather)
+
+    async def ask():
+        with batcher.arrival() as ticket:
+            future = ticket.submit(records("x"))
+        return await asyncio.wait_for(future, timeout=10)  # a hang would fail here, not block the suite
+
+    batcher.start()
+    with pytest.raises(Unavailable):
+        run_async(ask())
+    assert gathered.is_set() and batcher.failed and not batcher.ready
+    with pytest.raises(Unavailable):  # later requests are refused at once
+        run_async(ask())
 
 
 def test_a_round_is_scored_in_passes_of_similar_length_shortest_first():

@@ -46,6 +46,41 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _WEIGHT_SUFFIXES = (".json", ".safetensors", ".bin", ".txt", ".model", ".pt")
 
 
+@dataclass
+class ExportedModel:
+    """What the ONNX Runtime and OpenVINO models share: `LoadedModel`'s scoring surface, run on the CPU.
+
+    Attributes:
+        name: the model id or path as the user gave it.
+        tokenizer: the model's fast tokenizer.
+        label_columns: logits column of entailment, neutral and contradiction, in that order.
+        max_length: the most tokens one (prompt, hypothesis) pair may have.
+        input_names: the tokenizer outputs the model takes (token_type_ids or not).
+        dtype: "float32", or "int8" for a quantised model.
+        device: always "cpu".
+        path: the exported file in use.
+    """
+
+    name: str
+    tokenizer: Any
+    label_columns: tuple[int, int, int]
+    max_length: int
+    input_names: tuple[str, ...]
+    dtype: str = "float32"
+    device: str = "cpu"
+    path: Path | None = None
+
+    @property
+    def uses_token_types(self) -> bool:
+        return "token_type_ids" in self.input_names
+
+    def feed(self, graph_inputs: tuple[str, ...], input_ids, attention_mask, token_type_ids) -> dict[str, np.ndarray]:
+        """The batch as the graph takes it: only the inputs it has (the exporter drops inputs the graph
+        never reads: DeBERTa-v3 ignores token types), contiguous int64."""
+        given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        return {name: np.ascontiguousarray(given[name], dtype=np.int64) for name in graph_inputs}
+
+
 @dataclass(frozen=True)
 class Exportable:
     """What every CPU runtime needs to know about a model before loading it.
@@ -231,4 +266,4 @@ def _export(source: str, revision: str | None, config, names: tuple[str, ...], t
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-__all__ = ["EXPORT_TOLERANCE", "Exportable", "cache_root", "cached", "cpu_threads", "describe"]
+__all__ = ["ExportedModel", "EXPORT_TOLERANCE", "Exportable", "cache_root", "cached", "cpu_threads", "describe"]

@@ -18,50 +18,24 @@ from typing import Any
 
 import numpy as np
 
-from crossguard_cli.engine.export import cached, cpu_threads, describe
+from crossguard_cli.engine.export import ExportedModel, cached, cpu_threads, describe
 from crossguard_cli.errors import ModelError, UsageError
 
 QUANTIZE = ("int8",)
 
 
 @dataclass
-class RuntimeModel:
-    """A cross-encoder loaded into ONNX Runtime, with `LoadedModel`'s scoring surface.
+class RuntimeModel(ExportedModel):
+    """A cross-encoder loaded into ONNX Runtime (`session`: its `onnxruntime.InferenceSession`)."""
 
-    Attributes:
-        name: the model id or path as the user gave it.
-        tokenizer: the model's fast tokenizer.
-        session: the `onnxruntime.InferenceSession`.
-        label_columns: logits column of entailment, neutral and contradiction, in that order.
-        max_length: the most tokens one (prompt, hypothesis) pair may have.
-        input_names: the tokenizer outputs the model takes (token_type_ids or not).
-        dtype: "float32", or "int8" for dynamically quantised weights.
-        device: always "cpu".
-        path: the ONNX file in use.
-    """
-
-    name: str
-    tokenizer: Any
-    session: Any = field(repr=False)
-    label_columns: tuple[int, int, int]
-    max_length: int
-    input_names: tuple[str, ...]
-    dtype: str = "float32"
-    device: str = "cpu"
-    path: Path | None = None
+    session: Any = field(default=None, repr=False, kw_only=True)
 
     def __post_init__(self) -> None:
-        # The exporter drops inputs the graph never reads (DeBERTa-v3 ignores token types).
-        self._feeds = tuple(i.name for i in self.session.get_inputs())
-
-    @property
-    def uses_token_types(self) -> bool:
-        return "token_type_ids" in self.input_names
+        self._inputs = tuple(i.name for i in self.session.get_inputs())
 
     def logits(self, input_ids, attention_mask, token_type_ids) -> np.ndarray:
         """Raw logits (float32 numpy, model column order) for one padded batch of int64 arrays."""
-        given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
-        feed = {name: np.ascontiguousarray(given[name], dtype=np.int64) for name in self._feeds}
+        feed = self.feed(self._inputs, input_ids, attention_mask, token_type_ids)
         return np.asarray(self.session.run(["logits"], feed)[0], dtype=np.float32)
 
 

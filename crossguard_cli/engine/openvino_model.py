@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from crossguard_cli.engine.export import Exportable, cached, cpu_threads, describe
+from crossguard_cli.engine.export import Exportable, ExportedModel, cached, cpu_threads, describe
 from crossguard_cli.errors import ModelError, UsageError
 
 CALIBRATION_PAIRS = 32  # int8 calibration: (premise, hypothesis) pairs, built from the default rules
@@ -30,45 +31,19 @@ _MISSING = "--backend {backend} needs OpenVINO: pip install 'crossguard[openvino
 
 
 @dataclass
-class OpenVinoModel:
-    """A cross-encoder compiled by OpenVINO for the CPU, with `LoadedModel`'s scoring surface.
+class OpenVinoModel(ExportedModel):
+    """A cross-encoder compiled by OpenVINO for the CPU (`compiled`: its `openvino.CompiledModel`)."""
 
-    Attributes:
-        name: the model id or path as the user gave it.
-        tokenizer: the model's fast tokenizer.
-        compiled: the `openvino.CompiledModel`.
-        label_columns: logits column of entailment, neutral and contradiction, in that order.
-        max_length: the most tokens one (prompt, hypothesis) pair may have.
-        input_names: the tokenizer outputs the model takes (token_type_ids or not).
-        dtype: "float32", or "int8" for the NNCF-quantised model.
-        device: always "cpu".
-        path: the OpenVINO model file (.xml) in use.
-    """
-
-    name: str
-    tokenizer: Any
-    compiled: Any = field(repr=False)
-    label_columns: tuple[int, int, int]
-    max_length: int
-    input_names: tuple[str, ...]
-    dtype: str = "float32"
-    device: str = "cpu"
-    path: Path | None = None
+    compiled: Any = field(default=None, repr=False, kw_only=True)
 
     def __post_init__(self) -> None:
-        # The exporter drops inputs the graph never reads (DeBERTa-v3 ignores token types).
-        self._feeds = tuple(port.get_any_name() for port in self.compiled.inputs)
+        self._inputs = tuple(port.get_any_name() for port in self.compiled.inputs)
         self._request = self.compiled.create_infer_request()
         self._lock = threading.Lock()  # one infer request: one batch at a time
 
-    @property
-    def uses_token_types(self) -> bool:
-        return "token_type_ids" in self.input_names
-
     def logits(self, input_ids, attention_mask, token_type_ids) -> np.ndarray:
         """Raw logits (float32 numpy, model column order) for one padded batch of int64 arrays."""
-        given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
-        feed = {name: np.ascontiguousarray(given[name], dtype=np.int64) for name in self._feeds}
+        feed = self.feed(self._inputs, input_ids, attention_mask, token_type_ids)
         with self._lock:
             self._request.infer(feed)
             return np.array(self._request.get_output_tensor(0).data, dtype=np.float32)
@@ -87,7 +62,9 @@ def _save(model, target: Path) -> None:
     import openvino as ov
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".tmp-{target.name}")
+    # Our own temporary name: two processes converting at once (two Ray actors, serve and batch)
+    # each write their own files; the replaces are atomic, and both write the same model.
+    tmp = target.with_name(f".tmp-{os.getpid()}-{threading.get_ident()}-{target.name}")
     ov.save_model(model, str(tmp), compress_to_fp16=False)
     tmp.with_suffix(".bin").replace(target.with_suffix(".bin"))
     tmp.replace(target)

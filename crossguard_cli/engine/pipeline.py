@@ -20,45 +20,24 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
+from crossguard_cli.engine.handoff import END, Failure, put, take
+from crossguard_cli.engine.pairs import REUSE_AFTER
 from crossguard_cli.engine.scorer import Prepared, Scorer
 from crossguard_cli.records.inputs import Record
 
 JOIN_TIMEOUT = 120.0  # seconds to wait for a thread's current step (one forward pass, one group's tokenising)
 AHEAD = 3  # padded batches the build thread may have ready before the device takes them
-
-
-class _Failure:
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
+# The build thread reuses a batch's buffers REUSE_AFTER builds later: by then the batch must have
+# left the queue and been run (queued, plus one being built, plus one in the model).
+assert AHEAD + 2 < REUSE_AFTER, "a batch's buffers would be rewritten while it waits for the model"
 
 
 _GROUP_END = object()
-_END = object()
-
-
-def _put(q: queue.Queue, item: object, stop: threading.Event) -> bool:
-    """Put `item` unless the pipeline is stopping (then no thread may block forever)."""
-    while not stop.is_set():
-        try:
-            q.put(item, timeout=0.1)
-            return True
-        except queue.Full:
-            continue
-    return False
-
-
-def _get(q: queue.Queue, stop: threading.Event) -> object:
-    """The next item, or `_END` once the pipeline is stopping."""
-    while not stop.is_set():
-        try:
-            return q.get(timeout=0.1)
-        except queue.Empty:
-            continue
-    return _END
 
 
 def _prepare(scorer: Scorer, groups: Iterator[list[Record]], out: queue.Queue, stop: threading.Event) -> None:
@@ -66,11 +45,11 @@ def _prepare(scorer: Scorer, groups: Iterator[list[Record]], out: queue.Queue, s
     try:
         for group in groups:
             prepared = scorer.prepare([r.text for r in group if r.status == "ok"])
-            if not _put(out, (group, prepared), stop):
+            if not put(out, (group, prepared), stop):
                 return
-        _put(out, _END, stop)
+        put(out, END, stop)
     except BaseException as exc:  # handed on, raised in the caller's thread
-        _put(out, _Failure(exc), stop)
+        put(out, Failure(exc), stop)
     finally:
         close = getattr(groups, "close", None)
         if close is not None:  # stops the reader thread behind `groups`
@@ -81,42 +60,42 @@ def _build(scorer: Scorer, source: queue.Queue, out: queue.Queue, stop: threadin
     """Stage 2: pad each group's batches, a few ahead of the device; group starts and ends marked."""
     try:
         while True:
-            item = _get(source, stop)
-            if item is _END or isinstance(item, _Failure):
-                _put(out, item, stop)
+            item = take(source, stop)
+            if item is END or isinstance(item, Failure):
+                put(out, item, stop)
                 return
-            if not _put(out, item, stop):
+            if not put(out, item, stop):
                 return
             for batch in scorer.batches(item[1]):
-                if not _put(out, batch, stop):
+                if not put(out, batch, stop):
                     return
-            if not _put(out, _GROUP_END, stop):
+            if not put(out, _GROUP_END, stop):
                 return
     except BaseException as exc:
-        _put(out, _Failure(exc), stop)
+        put(out, Failure(exc), stop)
 
 
 def _device(scorer: Scorer, source: queue.Queue, out: queue.Queue, stop: threading.Event,
             lock: AbstractContextManager) -> None:
     try:
         while True:
-            item = _get(source, stop)
-            if item is _END or isinstance(item, _Failure):
-                _put(out, item, stop)
+            item = take(source, stop)
+            if item is END or isinstance(item, Failure):
+                put(out, item, stop)
                 return
             group, prepared = item
-            while (batch := _get(source, stop)) is not _GROUP_END:
-                if batch is _END or isinstance(batch, _Failure):
-                    _put(out, batch, stop)
+            while (batch := take(source, stop)) is not _GROUP_END:
+                if batch is END or isinstance(batch, Failure):
+                    put(out, batch, stop)
                     return
                 with lock:  # one forward pass at a time on a shared model; never held while waiting
                     scorer.run_batch(prepared, batch)
             with lock:
                 scorer.collect(prepared)
-            if not _put(out, (group, prepared), stop):
+            if not put(out, (group, prepared), stop):
                 return
     except BaseException as exc:
-        _put(out, _Failure(exc), stop)
+        put(out, Failure(exc), stop)
 
 
 def pipelined(scorer: Scorer, groups: Iterable[list[Record]], finish: Callable[[list[Record], Prepared], Any],
@@ -152,16 +131,30 @@ def pipelined(scorer: Scorer, groups: Iterable[list[Record]], finish: Callable[[
     try:
         while True:
             item = scored.get()
-            if item is _END:
+            if item is END:
                 return
-            if isinstance(item, _Failure):
+            if isinstance(item, Failure):
                 raise item.exc
             group, prepared = item
             yield finish(group, prepared)
     finally:
         stop.set()
-        for thread in threads:
-            thread.join(timeout=JOIN_TIMEOUT)
+        _join(threads)
+
+
+def _join(threads: list[threading.Thread]) -> None:
+    """Wait for each thread's current step; a second Ctrl-C or SIGTERM meanwhile does not cut the wait
+    short (it is raised once all are joined)."""
+    deadline = time.monotonic() + JOIN_TIMEOUT
+    signalled: BaseException | None = None
+    for thread in threads:
+        while thread.is_alive() and time.monotonic() < deadline:
+            try:
+                thread.join(timeout=0.1)
+            except BaseException as exc:  # noqa: BLE001 - a signal handler's exception; raised below
+                signalled = signalled or exc
+    if signalled is not None:
+        raise signalled
 
 
 __all__ = ["pipelined"]

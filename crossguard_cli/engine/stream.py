@@ -13,61 +13,32 @@ import queue
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import closing
-from dataclasses import dataclass
 from typing import Any
 
 from crossguard_cli.engine.decide import decide
+from crossguard_cli.engine.handoff import END, Failure, put, take
 from crossguard_cli.engine.pipeline import pipelined
 from crossguard_cli.engine.reduce import PromptScores
 from crossguard_cli.engine.results import empty_record, error_record, scored_record
 from crossguard_cli.engine.scorer import Scorer
 from crossguard_cli.records.inputs import Record
 
-_END = object()
 FIRST_GROUP = 64  # records in a stream's first group; each next group doubles, up to the group size
-
-
-@dataclass
-class _Failure:
-    exc: BaseException
-
-
-def _put(q: queue.Queue, item: object, stop: threading.Event) -> bool:
-    """Put `item` unless the consumer has gone away (then the reader must not block forever)."""
-    while not stop.is_set():
-        try:
-            q.put(item, timeout=0.1)
-            return True
-        except queue.Full:
-            continue
-    return False
 
 
 def _reader(records: Iterable[Record], q: queue.Queue, stop: threading.Event) -> None:
     try:
         for rec in records:
-            if not _put(q, rec, stop):
+            if not put(q, rec, stop):
                 break
         else:
-            _put(q, _END, stop)
+            put(q, END, stop)
     except BaseException as exc:  # handed to the consumer, which raises it in its own thread
-        _put(q, _Failure(exc), stop)
+        put(q, Failure(exc), stop)
     finally:
         close = getattr(records, "close", None)
         if close is not None:  # a generator stopped early: close the file it reads
             close()
-
-
-def _take(q: queue.Queue, cancel: threading.Event | None) -> object:
-    """The next item; `_END` once `cancel` is set (a consumer in another thread has gone away)."""
-    if cancel is None:
-        return q.get()
-    while not cancel.is_set():
-        try:
-            return q.get(timeout=0.1)
-        except queue.Empty:
-            continue
-    return _END
 
 
 def groups(records: Iterable[Record], size: int, idle: float = 0.02, first: int | None = None,
@@ -86,13 +57,13 @@ def groups(records: Iterable[Record], size: int, idle: float = 0.02, first: int 
     try:
         done = False
         while not done:
-            item = _take(q, cancel)
+            item = take(q, cancel)
             group: list[Record] = []
             while True:
-                if item is _END:
+                if item is END:
                     done = True
                     break
-                if isinstance(item, _Failure):
+                if isinstance(item, Failure):
                     if group:  # the records read before the failure still get their results
                         yield group
                     raise item.exc

@@ -98,7 +98,9 @@ class LoadedModel:
             host = torch.empty(logits.shape, dtype=logits.dtype, pin_memory=True)
             host.copy_(logits, non_blocking=True)
             done = torch.cuda.Event()
-            done.record()
+            # On the model's device's stream, where the copy runs: a pipeline thread's current
+            # device is cuda:0 whatever --device says, and an event there would not wait for it.
+            done.record(torch.cuda.current_stream(self.device))
 
         def wait() -> np.ndarray:
             done.synchronize()

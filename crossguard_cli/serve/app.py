@@ -120,6 +120,8 @@ class Service:
                                                     loaded.isoformat(timespec="seconds").replace("+00:00", "Z")))
 
     async def healthz(self, request: Request) -> Response:  # noqa: ARG002
+        if self.batcher.failed:  # alive, but it will never score again: let the orchestrator restart it
+            return JSONResponse({"status": "failed", "reason": "the scoring worker failed"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
     async def readyz(self, request: Request) -> Response:  # noqa: ARG002

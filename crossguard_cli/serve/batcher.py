@@ -114,6 +114,7 @@ class MicroBatcher:
         self._concurrency = 1  # requests in the last round: how many to expect back together
         self._reload_pending = False
         self._stopping = False
+        self._died = False
         self._rate: float | None = None  # inputs per second, smoothed
         self._thread = threading.Thread(target=self._run, name="crossguard-scorer", daemon=True)
 
@@ -184,7 +185,25 @@ class MicroBatcher:
 
     # -- the worker thread -------------------------------------------------------------------
 
+    @property
+    def failed(self) -> bool:
+        """The worker ended without being asked to: the service cannot score until restarted."""
+        return self._died
+
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # noqa: BLE001 - a bug in the worker: fail every waiting request closed
+            log.error("the scoring worker failed: %s: %s; restart the service", type(exc).__name__,
+                      " ".join(str(exc).split()))
+            with self._cond:
+                self._died = True
+                waiting, self._queue = list(self._queue), collections.deque()
+                self._queued = 0
+            for job in waiting:
+                _deliver(job, error=Unavailable("the scoring worker failed"))
+
+    def _loop(self) -> None:
         while True:
             with self._cond:
                 while not self._queue and not self._reload_pending and not self._stopping:
@@ -261,6 +280,13 @@ class MicroBatcher:
                       " ".join(str(exc).split()))
             self._count_reload("error")
             return
+        if not self.guard.options.model:  # the model came from the rules file: has its `model:` changed?
+            from crossguard_cli.engine.loader import model_name
+
+            wanted = model_name(None, new.rules, self.rules_path)
+            if wanted != self.guard.model_name:
+                log.warning("the rules file now names model %r; the service keeps %r until it is restarted",
+                            wanted, self.guard.model_name)
         self.guard = new  # one assignment: a request sees the old Guard or the new, never a mix
         self.loaded_at = time.time()
         count = len(new.rules.rules)
