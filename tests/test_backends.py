@@ -144,8 +144,6 @@ def test_unsupported_backends_and_devices_are_clear(model_dirs, onnx_cache):
     folder = str(model_dirs["bert-ENC"])
     with pytest.raises(ModelError, match="unknown backend"):
         load_runtime_model(folder, backend="tensorrt", cache_dir=onnx_cache)
-    with pytest.raises(ModelError, match="unknown quantisation"):
-        load_runtime_model(folder, quantize="int4", cache_dir=onnx_cache)
     with pytest.raises(UsageError, match="runs on the CPU"):
         load_runtime_model(folder, device="cuda", cache_dir=onnx_cache)
     with pytest.raises(ModelError, match="no such model folder"):
@@ -239,10 +237,10 @@ def test_cli_uses_openvino_and_says_what_it_converts(model_dirs, tmp_path, run_c
 # --- int8: approximate, within a measured bound ------------------------------------------------
 
 # Largest E/N/C probability difference an int8 backend may make against fp32 torch here. Measured
-# on these realistic-scale models (hidden 128, weights of std 0.02 as in trained encoders) with the
-# rules and prompts below: see INT8_MEASURED. The bound is about twice the worst of them; on the
-# benchmark's real shapes the differences are in benchmarks/RESULTS.md.
-INT8_MEASURED = {"onnx-int8": None, "openvino-int8": None}
+# 2026-12-02 on these realistic-scale models (hidden 128, weights of std 0.02 as in trained encoders)
+# with the rules and 30 prompts below: onnx-int8 0.0004 (bert) and 0.0045 (modernbert),
+# openvino-int8 0.0021 and 0.0121. The bound is 1.7x the worst; on the benchmark's real shapes the
+# differences are in benchmarks/RESULTS.md.
 INT8_TOLERANCE = 0.02
 
 

@@ -135,7 +135,8 @@ def test_errors_on_a_legacy_stderr_are_still_one_line(tmp_path):
 
 # --- a prompt of invisible characters is empty: never scored, never "allowed" ------------------------
 
-INVISIBLE = ["\u200b", "\u00ad", "\u200d\u200c", "\u202e\u2066", "\ufeff\u2060 \u200b", " \t\u200b "]
+INVISIBLE = ["\u200b", "\u00ad", "\u200d\u200c", "\u202e\u2066", "\ufeff\u2060 \u200b", " \t\u200b ",
+             "\x01\x02\x1b", "\x7f \x85\u200b"]  # control characters: tokenizers drop them too
 
 
 def test_invisible_only_lines_are_empty_records(model_dir, run_cli):
@@ -156,6 +157,17 @@ def test_check_refuses_an_invisible_prompt(model_dir, run_cli, text):
     assert code == 2 and out == ""
     assert err == "crossguard: error: argument:1: the prompt is empty (nothing visible after normalisation); " \
                   "nothing to score\n"
+
+
+def test_a_prompt_the_tokenizer_reads_as_nothing_is_an_error_not_allowed(model_dir):
+    """A lone combining accent is visible, but a tokenizer that strips accents drops it: scoring it
+    would score an empty premise."""
+    from crossguard_cli import Guard
+
+    guard = Guard(model=str(model_dir), device="cpu")
+    results = guard.check_many(["\u0300", "hello there", "\u0301\u0300"])
+    assert [r.status for r in results] == ["error", "ok", "error"]
+    assert results[0].verdict is None and results[0].error == "the model's tokenizer reads nothing in this prompt"
 
 
 # --- eval: records it cannot read or score are errors, not a silent success --------------------------
@@ -227,13 +239,20 @@ def test_sigterm_mid_batch_leaves_complete_lines_and_no_traceback(model_dir):
 
 @pytest.mark.skipif(not hasattr(os, "getpgid"), reason="POSIX only")
 def test_sigterm_while_loading_is_quiet(model_dir):
-    proc = subprocess.Popen(cli_cmd("check", "hello", "-m", str(model_dir)), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=cli_env())
-    time.sleep(1.5)  # importing torch / loading
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode in (143, -signal.SIGTERM, 0, 1), err  # 0/1: it finished first
-    assert b"Traceback" not in err
+    # `check -` waits for stdin, which stays open: the run cannot finish before the signal.
+    proc = subprocess.Popen(cli_cmd("check", "-", "-m", str(model_dir)), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env())
+    try:
+        time.sleep(3.0)  # importing torch, loading the model, or reading stdin
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+        err = proc.stderr.read()
+    finally:
+        proc.stdin.close()
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 143, err
+    assert err == b"" and proc.stdout.read() == b""
 
 
 @pytest.mark.parametrize("backend", ["torch", "onnx"])

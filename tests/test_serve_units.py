@@ -15,6 +15,7 @@ pytest.importorskip("starlette")
 
 from crossguard_cli.engine.options import EngineOptions  # noqa: E402
 from crossguard_cli.engine.results import Result  # noqa: E402
+from crossguard_cli.errors import UsageError  # noqa: E402
 from crossguard_cli.records.inputs import Record  # noqa: E402
 from crossguard_cli.rules import parse_rules  # noqa: E402
 from crossguard_cli.serve.batcher import MicroBatcher, QueueFull, ScoringFailed, Unavailable  # noqa: E402
@@ -97,9 +98,9 @@ def test_options_and_key_and_loopback():
     assert ServeOptions().check() == ServeOptions()
     for bad in (ServeOptions(port=70000), ServeOptions(max_queue=0), ServeOptions(log_format="xml"),
                 ServeOptions(api_key=" "), ServeOptions(batch_wait_ms=-1)):
-        with pytest.raises(Exception, match="--"):
+        with pytest.raises(UsageError, match="--"):
             bad.check()
-    with pytest.raises(Exception, match="--watch"):
+    with pytest.raises(UsageError, match="--watch"):
         ServeOptions(watch=True).check(None)
     assert authorized(b"Bearer s3cret", b"s3cret") and authorized(b"bearer  s3cret ", b"s3cret")
     assert not authorized(b"Bearer s3cre", b"s3cret") and not authorized(None, b"k")

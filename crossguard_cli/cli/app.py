@@ -157,15 +157,13 @@ def main(argv: list[str] | None = None) -> None:
         drop_stdout()
     except (OSError, ValueError):
         drop_stdout()
-    if any(t.is_alive() for t in threading.enumerate() if t.name in _ENGINE_THREADS):
+    engine = sys.modules.get("crossguard_cli.engine.pipeline")  # never imported for --help
+    if engine is not None and any(t.is_alive() for t in threading.enumerate() if t.name in engine.THREADS):
         # A second signal cut the engine's wait for its threads short, and one is still inside the
         # model or the tokenizer: letting the interpreter finalise around it aborts the process.
         sys.stderr.flush()
         os._exit(code)
     sys.exit(code)
-
-
-_ENGINE_THREADS = ("crossguard-prepare", "crossguard-build", "crossguard-device")
 
 
 __all__ = ["app", "main"]

@@ -27,7 +27,9 @@ def run_on_ray(paths: list[str], *, engine: EngineOptions, output: str | None, o
         paths=tuple(paths), output=output or "", engine=engine, output_format=output_format, overwrite=overwrite,
         read=ReadOptions(input_format, field, id_field, records_per_shard), address=address or None,
         actors=parse_actors(actors), gpus_per_actor=gpus, cpus_per_actor=cpus, progress=job.progress_wanted(quiet))
-    result = job.run(spec, on_error=_error_line)
+    from crossguard_cli.cli.console import error_line
+
+    result = job.run(spec, on_error=error_line)  # an error record, as batch reports one on stderr
     if not quiet:
         sys.stderr.write(result.tally.summary(result.seconds) + "\n")
         sys.stderr.flush()
@@ -66,13 +68,6 @@ def _check(paths: list[str], *, output: str | None, fmt: str | None, on_error: s
         raise UsageError(f"must be 0 or more, got {gpus:g}", where="--ray-gpus-per-actor")
     if not cpus > 0:
         raise UsageError(f"must be more than 0, got {cpus:g}", where="--ray-cpus-per-actor")
-
-
-def _error_line(message: str) -> None:
-    """An error record, as batch reports one on stderr: `crossguard: error: source:line: message`."""
-    from crossguard_cli.cli.console import error_line
-
-    error_line(message)
 
 
 __all__ = ["parse_actors", "run_on_ray"]

@@ -28,12 +28,10 @@ import numpy as np
 
 from crossguard_cli.engine.model_files import (
     check_model_name,
+    checked_model,
     is_library_failure,
-    label_columns,
     load_cached_first,
     load_failure,
-    model_limit,
-    require_fast_tokenizer,
 )
 from crossguard_cli.errors import ModelError
 
@@ -42,7 +40,6 @@ log = logging.getLogger("crossguard_cli.engine.export")
 EXPORT_VERSION = 1  # bump when the export recipe changes, so older cached files are not reused
 OPSET = 17
 EXPORT_TOLERANCE = 1e-3  # largest logit difference against torch accepted when checking an export
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _WEIGHT_SUFFIXES = (".json", ".safetensors", ".bin", ".txt", ".model", ".pt")
 
 
@@ -136,13 +133,9 @@ def describe(name: str, revision: str | None, max_length: int, cache_dir: str | 
         if not is_library_failure(exc):  # Ctrl-C, SIGTERM, exit: not a broken model
             raise
         raise load_failure(name, exc) from None
-    columns = label_columns(getattr(config, "id2label", None))
-    require_fast_tokenizer(tokenizer, name)
-    limit = model_limit(tokenizer, config)
-    names = tuple(n for n in getattr(tokenizer, "model_input_names", MODEL_INPUTS[:2]) if n in MODEL_INPUTS)
+    columns, length, names = checked_model(name, config, tokenizer, max_length)
     folder = Path(cache_dir).expanduser() if cache_dir else cache_root()
-    return Exportable(name, revision, config, tokenizer, key, columns, min(max_length, limit) if limit else max_length,
-                      names, folder)
+    return Exportable(name, revision, config, tokenizer, key, columns, length, names, folder)
 
 
 def cached(path: Path, doing: str, make: Callable[[], None]) -> None:

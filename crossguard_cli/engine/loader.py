@@ -16,7 +16,7 @@ from crossguard_cli.engine.options import BACKENDS
 from crossguard_cli.errors import UsageError
 from crossguard_cli.rules import RuleSet
 
-RUNTIME_BACKENDS = ("onnx", "onnx-int8", "openvino", "openvino-int8")  # exported from the torch model, run on the CPU
+RUNTIME_BACKENDS = tuple(b for b in BACKENDS if b != "torch")  # exported from the torch model, run on the CPU
 
 
 def quiet_libraries() -> None:

@@ -100,6 +100,25 @@ def load_cached_first(load, name: str, revision: str | None):
         return load(local_files_only=False)
 
 
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # what a cross-encoder may take
+
+
+def checked_model(name: str, config, tokenizer, max_length: int) -> tuple[tuple[int, int, int], int, tuple[str, ...]]:
+    """Check a loaded config and tokenizer for scoring, whatever runs the model afterwards.
+
+    Returns the E/N/C logits columns, the tokens a pair may have (`max_length` capped by the
+    model's own limit) and the inputs the model takes.
+
+    Raises:
+        ModelError: not a 3-label NLI model, or no fast tokenizer.
+    """
+    columns = label_columns(getattr(config, "id2label", None))
+    require_fast_tokenizer(tokenizer, name)
+    limit = model_limit(tokenizer, config)
+    names = tuple(n for n in getattr(tokenizer, "model_input_names", MODEL_INPUTS[:2]) if n in MODEL_INPUTS)
+    return columns, min(max_length, limit) if limit else max_length, names
+
+
 def is_library_failure(exc: BaseException) -> bool:
     """Whether `exc` is a loading library's failure rather than a signal or an exit to pass on.
 
@@ -119,5 +138,15 @@ def load_failure(name: str, exc: BaseException) -> ModelError:
     return ModelError(f"cannot load model {name!r}: {type(exc).__name__}: {first}; {hint}")
 
 
-__all__ = ["check_model_name", "is_library_failure", "label_columns", "load_cached_first", "load_failure",
-           "model_limit", "require_fast_tokenizer", "require_hub"]
+__all__ = [
+    "MODEL_INPUTS",
+    "check_model_name",
+    "checked_model",
+    "is_library_failure",
+    "label_columns",
+    "load_cached_first",
+    "load_failure",
+    "model_limit",
+    "require_fast_tokenizer",
+    "require_hub",
+]

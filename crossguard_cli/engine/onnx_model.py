@@ -21,8 +21,6 @@ import numpy as np
 from crossguard_cli.engine.export import ExportedModel, cached, cpu_threads, describe
 from crossguard_cli.errors import ModelError, UsageError
 
-QUANTIZE = ("int8",)
-
 
 @dataclass
 class RuntimeModel(ExportedModel):
@@ -63,11 +61,11 @@ def _quantize(fp32: Path, target: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _session(path: Path, threads: int | None):
+def _session(path: Path):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or cpu_threads()
+    options.intra_op_num_threads = cpu_threads()
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
@@ -80,9 +78,7 @@ def load_runtime_model(
     revision: str | None = None,
     backend: str = "onnx",
     max_length: int = 512,
-    quantize: str | None = None,
     device: str = "cpu",
-    threads: int | None = None,
     cache_dir: str | Path | None = None,
 ) -> RuntimeModel:
     """Load an NLI cross-encoder into ONNX Runtime, exporting (and quantising) it on first use.
@@ -90,11 +86,9 @@ def load_runtime_model(
     Args:
         name: a local folder or a Hugging Face hub id.
         revision: hub branch, tag or commit.
-        backend: "onnx", or "onnx-int8" (the same as backend="onnx", quantize="int8").
+        backend: "onnx" (fp32: matches torch to ~1e-6) or "onnx-int8" (dynamic int8 quantisation).
         max_length: tokens per (prompt, hypothesis) pair, capped by the model's own limit.
-        quantize: None for fp32 (matches torch to ~1e-6), "int8" for dynamic int8 quantisation.
         device: "cpu" or "auto"; ONNX Runtime runs on the CPU here.
-        threads: intra-op threads (default: the cores this process may use).
         cache_dir: where exported files go (default: `cache_root()`).
 
     Raises:
@@ -102,12 +96,9 @@ def load_runtime_model(
             backend is not available.
         UsageError: a device other than the CPU was asked for.
     """
-    if backend == "onnx-int8":
-        backend, quantize = "onnx", quantize or "int8"
-    if backend != "onnx":
+    if backend not in ("onnx", "onnx-int8"):
         raise ModelError(f"unknown backend {backend!r}: expected onnx or onnx-int8")
-    if quantize is not None and quantize not in QUANTIZE:
-        raise ModelError(f"unknown quantisation {quantize!r}: expected int8 or none")
+    int8 = backend == "onnx-int8"
     if (device or "cpu").lower() not in ("cpu", "auto"):
         raise UsageError(f"--backend onnx runs on the CPU; use --device cpu, or --backend torch for {device}")
     try:
@@ -117,12 +108,13 @@ def load_runtime_model(
         raise ModelError("--backend onnx needs onnxruntime and onnx: pip install 'crossguard[onnx]'") from None
     model = describe(name, revision, max_length, cache_dir)
     fp32 = model.onnx_path
-    path = fp32.with_name("model-int8.onnx") if quantize else fp32
+    path = fp32.with_name("model-int8.onnx") if int8 else fp32
     try:
         if not path.exists():
             model.ensure_onnx()
-        cached(path, "quantising the ONNX model to int8", lambda: _quantize(fp32, path))
-        session = _session(path, threads)
+        if int8:
+            cached(path, "quantising the ONNX model to int8", lambda: _quantize(fp32, path))
+        session = _session(path)
     except ImportError as exc:
         raise ModelError(f"--backend onnx: {exc}; pip install 'crossguard[onnx]'") from None
     except OSError as exc:
@@ -138,7 +130,7 @@ def load_runtime_model(
         label_columns=model.label_columns,
         max_length=model.max_length,
         input_names=model.input_names,
-        dtype=quantize or "float32",
+        dtype="int8" if int8 else "float32",
         path=path,
     )
 

@@ -108,11 +108,11 @@ def _quantize(fp32: Path, target: Path, model: Exportable) -> None:
     _save(quantized, target)
 
 
-def _compile(path: Path, threads: int | None):
+def _compile(path: Path):
     import openvino as ov
 
     config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
-              "INFERENCE_NUM_THREADS": threads or cpu_threads()}
+              "INFERENCE_NUM_THREADS": cpu_threads()}
     return ov.Core().compile_model(str(path), "CPU", config)
 
 
@@ -123,7 +123,6 @@ def load_openvino_model(
     backend: str = "openvino",
     max_length: int = 512,
     device: str = "cpu",
-    threads: int | None = None,
     cache_dir: str | Path | None = None,
 ) -> OpenVinoModel:
     """Load an NLI cross-encoder into OpenVINO, converting (and quantising) it on first use.
@@ -134,7 +133,6 @@ def load_openvino_model(
         backend: "openvino" (fp32, exact) or "openvino-int8".
         max_length: tokens per (prompt, hypothesis) pair, capped by the model's own limit.
         device: "cpu" or "auto"; OpenVINO runs on the CPU here.
-        threads: inference threads (default: the cores this process may use).
         cache_dir: where converted files go (default: `export.cache_root()`).
 
     Raises:
@@ -163,9 +161,10 @@ def load_openvino_model(
             if not fp32.exists():
                 onnx_path = model.ensure_onnx()
                 cached(fp32, f"converting {name} to OpenVINO", lambda: _convert(onnx_path, fp32))
-            cached(path, "quantising the OpenVINO model to int8 (NNCF, calibrated on the default rules)",
-                   lambda: _quantize(fp32, path, model))
-        compiled = _compile(path, threads)
+            if int8:
+                cached(path, "quantising the OpenVINO model to int8 (NNCF, calibrated on the default rules)",
+                       lambda: _quantize(fp32, path, model))
+        compiled = _compile(path)
     except ImportError as exc:
         raise ModelError(f"--backend {backend}: {exc}; pip install 'crossguard[openvino]'") from None
     except OSError as exc:

@@ -31,6 +31,7 @@ from crossguard_cli.engine.scorer import Prepared, Scorer
 from crossguard_cli.records.inputs import Record
 
 JOIN_TIMEOUT = 120.0  # seconds to wait for a thread's current step (one forward pass, one group's tokenising)
+THREADS = ("crossguard-prepare", "crossguard-build", "crossguard-device")  # names, so the CLI can find them
 AHEAD = 3  # padded batches the build thread may have ready before the device takes them
 # The build thread reuses a batch's buffers REUSE_AFTER builds later: by then the batch must have
 # left the queue and been run (queued, plus one being built, plus one in the model).
@@ -121,10 +122,10 @@ def pipelined(scorer: Scorer, groups: Iterable[list[Record]], finish: Callable[[
     scored: queue.Queue = queue.Queue(maxsize=2)
     threads = [
         threading.Thread(target=_prepare, args=(scorer, iter(groups), prepared, stop), daemon=True,
-                         name="crossguard-prepare"),
-        threading.Thread(target=_build, args=(scorer, prepared, batches, stop), daemon=True, name="crossguard-build"),
+                         name=THREADS[0]),
+        threading.Thread(target=_build, args=(scorer, prepared, batches, stop), daemon=True, name=THREADS[1]),
         threading.Thread(target=_device, args=(scorer, batches, scored, stop, lock or nullcontext()), daemon=True,
-                         name="crossguard-device"),
+                         name=THREADS[2]),
     ]
     for thread in threads:
         thread.start()
@@ -157,4 +158,4 @@ def _join(threads: list[threading.Thread]) -> None:
         raise signalled
 
 
-__all__ = ["pipelined"]
+__all__ = ["THREADS", "pipelined"]

@@ -80,6 +80,7 @@ class Prepared:
     normalized: list[str]
     unique: dict[str, int]
     plan: PairPlan
+    unread: set[int]  # unique prompts that gave no tokens at all: never scored as an empty premise
     outputs: list[tuple[int, object]] = field(default_factory=list)  # (start, logits: numpy or on the device)
     failed: list[int] = field(default_factory=list)  # positions in the length order that failed alone
     host: Callable[[], np.ndarray] | None = None  # the group's logits, in `outputs` order, on the host
@@ -133,7 +134,7 @@ class Scorer:
         self.hypotheses = ruleset.hypotheses
         self.assembler = PairAssembler(self.template, [self._hypothesis_ids(h) for h in self.hypotheses],
                                        model.max_length, model.tokenizer.pad_token_id or 0,
-                                       truncate=long_input == "truncate")
+                                       truncate=long_input == "truncate", token_types=model.uses_token_types)
         self.stats = {"pairs": 0, "tokens": 0, "padded_tokens": 0, "batches": 0, "out_of_memory": 0}
 
     def _hypothesis_ids(self, hypothesis: str) -> list[int]:
@@ -155,13 +156,14 @@ class Scorer:
         Touches nothing that scoring changes, so it may run in another thread while a batch runs.
         """
         capped = [t[: self.max_chars] for t in texts]
-        # Once per text (NFKC of 50k chars is not free); ASCII text is already in normal form.
-        normalized = [t if t.isascii() else normalize_text(t) for t in capped]
+        # Once per text: NFKC of 50k characters is not free (ASCII text costs nothing).
+        normalized = [normalize_text(t) for t in capped]
         unique: dict[str, int] = {}
         for t in normalized:
             unique.setdefault(t, len(unique))
         prompt_ids = self._encode(list(unique)) if unique else []
-        return Prepared(texts, capped, normalized, unique, self.assembler.plan(prompt_ids))
+        unread = {u for u, ids in enumerate(prompt_ids) if not ids}  # the tokenizer dropped every character
+        return Prepared(texts, capped, normalized, unique, self.assembler.plan(prompt_ids), unread)
 
     def batches(self, prepared: Prepared) -> Iterator[Batch]:
         """Padded batches, longest pairs first, each cut by the budget in force when it is cut."""
@@ -231,7 +233,7 @@ class Scorer:
         done = prepared.host()
         positions = np.concatenate([np.arange(start, start + len(out)) for start, out in prepared.outputs] or
                                    [np.zeros(0, dtype=np.int64)])
-        logits = np.zeros((n, 3), dtype=np.float64)
+        logits = np.full((n, 3), np.nan)  # a pair that never got logits is non-finite: an error, never allowed
         logits[plan.order[positions]] = np.asarray(done, dtype=np.float64)[:, list(self.model.label_columns)]
         failed = np.zeros(n, dtype=bool)
         failed[plan.order[np.asarray(prepared.failed, dtype=np.int64)]] = True
@@ -239,7 +241,10 @@ class Scorer:
                                  failed, plan.cut, self.model.dtype)
         out = []
         for original, c, n_text in zip(prepared.texts, prepared.capped, prepared.normalized, strict=True):
-            s = per_unique[prepared.unique[n_text]]
+            u = prepared.unique[n_text]
+            s = per_unique[u]
+            if u in prepared.unread:
+                s = PromptScores({}, s.windows, s.truncated, "the model's tokenizer reads nothing in this prompt")
             if len(c) < len(original) and s.error is None:
                 s = PromptScores(s.rules, s.windows, True)
                 if is_blank(n_text):  # the cap left only invisible characters: nothing was read

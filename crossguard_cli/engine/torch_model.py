@@ -17,19 +17,17 @@ import numpy as np
 
 from crossguard_cli.engine.model_files import (
     check_model_name,
+    checked_model,
     is_library_failure,
-    label_columns,
     load_cached_first,
     load_failure,
-    model_limit,
-    require_fast_tokenizer,
 )
+from crossguard_cli.engine.options import DTYPES
 from crossguard_cli.errors import ModelError, UsageError
 
 log = logging.getLogger("crossguard_cli.engine.torch_model")
 
 DEVICES_HELP = "auto, cpu, cuda, cuda:N or mps"
-DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
 @dataclass
@@ -233,13 +231,9 @@ def load_torch_model(
         raise load_failure(name, exc) from None
 
     module = ce[0].auto_model
-    columns = label_columns(getattr(module.config, "id2label", None))
     tokenizer = ce.tokenizer
-    require_fast_tokenizer(tokenizer, name)
-    limit = model_limit(tokenizer, module.config)
-    length = min(max_length, limit) if limit else max_length
+    columns, length, names = checked_model(name, module.config, tokenizer, max_length)
     module.eval()
-    names = tuple(getattr(tokenizer, "model_input_names", ("input_ids", "attention_mask")))
     return LoadedModel(
         name=name,
         tokenizer=tokenizer,

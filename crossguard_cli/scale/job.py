@@ -98,7 +98,7 @@ def run(spec: JobSpec, on_error: Callable[[str], None] | None = None) -> JobResu
     _check_complete(files, counts)
     tally = Tally()
     for row in counts.values():
-        tally = tally.merge(Tally(*(row[key] for key in COUNTS)))
+        tally = tally.merge(Tally(**{key: row[key] for key in COUNTS}))
     written = {row["shard"] for row in counts.values() if row["shard"]}
     shards.finish(output, spec.output, written, dataclasses.asdict(tally))
     return JobResult(tally, seconds, len(written))

@@ -169,7 +169,8 @@ def build_app(service: Service, api_key: str | None) -> Any:
         finally:
             if watcher is not None:
                 watcher.cancel()
-            await asyncio.to_thread(service.batcher.stop)  # scores what is queued first
+            # Scores what is queued first, for --drain-timeout at most.
+            await asyncio.to_thread(service.batcher.stop, service.options.drain_timeout)
 
     routes = [
         Route("/v1/moderations", service.moderations, methods=["POST"]),

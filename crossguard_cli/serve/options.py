@@ -3,7 +3,6 @@ what to refuse, how to log. Checked once, so a bad value is a usage error before
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from crossguard_cli.errors import UsageError
@@ -72,9 +71,6 @@ class ServeOptions:
         if self.watch and rules_path is None:
             raise UsageError("needs a rules file (--rules or CROSSGUARD_RULES) to watch", where="--watch")
         return self
-
-    def replace(self, **changes) -> ServeOptions:
-        return dataclasses.replace(self, **changes)
 
 
 def _flag(name: str) -> str:
