@@ -79,7 +79,7 @@ def simulated_loader(rate: float):
 def main(argv: list[str]) -> None:
     rate = float(argv[0])
     args = argv[2:] if len(argv) > 1 and argv[1] == "--" else argv[1:]
-    import crossguard_cli.engine.loader as loader
+    import crossguard_cli.engine.models.loader as loader
 
     made: list[SimulatedDevice] = []
     load = simulated_loader(rate)

@@ -78,7 +78,7 @@ def run_zero_shot(spec: dict, prompts: list[str], hyps: list[str]) -> dict:
 
 def run_crossguard(spec: dict, prompts: list[str], hyps: list[str]) -> dict:
     """(3) crossguard in-process: the Scorer, fed in the groups `crossguard batch` uses."""
-    from crossguard_cli.engine.loader import quiet_libraries
+    from crossguard_cli.engine.models.loader import quiet_libraries
     from crossguard_cli.engine.scorer import Scorer
     from crossguard_cli.rules import load_rules
 
@@ -86,15 +86,15 @@ def run_crossguard(spec: dict, prompts: list[str], hyps: list[str]) -> dict:
     start = time.perf_counter()
     backend = spec.get("backend", "torch")
     if backend == "torch":
-        from crossguard_cli.engine.loader import load_model
+        from crossguard_cli.engine.models.loader import load_model
 
         model = load_model(spec["model"], device=spec["device"], dtype=spec.get("dtype", "auto"))
     elif backend.startswith("openvino"):
-        from crossguard_cli.engine.openvino_model import load_openvino_model
+        from crossguard_cli.engine.models.nli_openvino import load_openvino_model
 
         model = load_openvino_model(spec["model"], backend=backend, cache_dir=spec.get("cache"))
     else:
-        from crossguard_cli.engine.onnx_model import load_runtime_model
+        from crossguard_cli.engine.models.nli_onnx import load_runtime_model
 
         model = load_runtime_model(spec["model"], backend=backend, cache_dir=spec.get("cache"))
     scorer = Scorer(model, load_rules(None))

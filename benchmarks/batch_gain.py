@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--batches", default="1,8,32")
     parser.add_argument("--repeat", type=int, default=3, help="timed passes per cell (best is kept)")
     args = parser.parse_args()
-    from crossguard_cli.engine.loader import quiet_libraries
+    from crossguard_cli.engine.models.loader import quiet_libraries
 
     quiet_libraries()
     import torch

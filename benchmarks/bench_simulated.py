@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
-    from crossguard_cli.engine.loader import quiet_libraries
+    from crossguard_cli.engine.models.loader import quiet_libraries
 
     quiet_libraries()
     folder = work.model_folder("tiny", Path(args.cache))  # only its tokenizer and length limit are used

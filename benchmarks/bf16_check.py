@@ -18,7 +18,7 @@ import _workload as work  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoModelForSequenceClassification  # noqa: E402
 
-from crossguard_cli.engine.loader import quiet_libraries  # noqa: E402
+from crossguard_cli.engine.models.loader import quiet_libraries  # noqa: E402
 
 quiet_libraries()
 folder = work.model_folder("modernbert-150m", work.ROOT / ".bench")

@@ -22,7 +22,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=2, help="copies of the 1,680 prompts")
     args = parser.parse_args()
-    from crossguard_cli.engine.loader import quiet_libraries
+    from crossguard_cli.engine.models.loader import quiet_libraries
     from crossguard_cli.engine.scorer import Scorer
     from crossguard_cli.records.text import normalize_text
     from crossguard_cli.rules import load_rules

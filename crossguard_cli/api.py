@@ -80,7 +80,7 @@ class Guard:
         return guard
 
     def _setup(self, options: EngineOptions, ruleset: RuleSet) -> None:
-        from crossguard_cli.engine.loader import load_model, model_name
+        from crossguard_cli.engine.models.loader import load_model, model_name
         from crossguard_cli.engine.scorer import Scorer
 
         self.options = options

@@ -172,7 +172,7 @@ def _main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--shape", default="tiny", choices=sorted(SHAPES))
     ap.add_argument("--texts", help="a .txt or .jsonl(.gz) file to train the tokenizer on")
     args = ap.parse_args(argv)
-    from crossguard_cli.engine.loader import quiet_libraries
+    from crossguard_cli.engine.models.loader import quiet_libraries
 
     quiet_libraries()
     texts: list[str] = []

@@ -76,8 +76,8 @@ def _largest_difference(a, b) -> float:
 
 @pytest.mark.parametrize("spec", ["bert-ENC", "bert-CEN", "deberta-CEN", "modernbert-NCE"])
 def test_onnx_fp32_matches_torch(spec, model_dirs, onnx_cache, ruleset):
-    from crossguard_cli.engine.loader import load_model
-    from crossguard_cli.engine.onnx_model import load_runtime_model
+    from crossguard_cli.engine.models.loader import load_model
+    from crossguard_cli.engine.models.nli_onnx import load_runtime_model
 
     torch_model = load_model(str(model_dirs[spec]), device="cpu", dtype="float32", max_length=MAX_LENGTH)
     onnx_model = load_runtime_model(str(model_dirs[spec]), max_length=MAX_LENGTH, cache_dir=onnx_cache)
@@ -103,7 +103,7 @@ def test_onnx_fp32_matches_torch(spec, model_dirs, onnx_cache, ruleset):
 def test_export_is_cached_and_keyed_by_the_files(model_dirs, onnx_cache, tmp_path):
     import shutil
 
-    from crossguard_cli.engine.onnx_model import load_runtime_model
+    from crossguard_cli.engine.models.nli_onnx import load_runtime_model
 
     folder = tmp_path / "model"
     shutil.copytree(model_dirs["bert-ENC"], folder)
@@ -118,7 +118,7 @@ def test_export_is_cached_and_keyed_by_the_files(model_dirs, onnx_cache, tmp_pat
 
 
 def test_engine_and_cli_use_the_onnx_backend(model_dirs, tmp_path, monkeypatch, run_cli):
-    from crossguard_cli.engine.loader import load_model
+    from crossguard_cli.engine.models.loader import load_model
 
     monkeypatch.setenv("CROSSGUARD_CACHE_DIR", str(tmp_path))
     code, out, err = run_cli("check", "How do I bake bread?", "--model", str(model_dirs["bert-CEN"]),
@@ -139,7 +139,7 @@ def test_engine_and_cli_use_the_onnx_backend(model_dirs, tmp_path, monkeypatch, 
 
 
 def test_unsupported_backends_and_devices_are_clear(model_dirs, onnx_cache):
-    from crossguard_cli.engine.onnx_model import load_runtime_model
+    from crossguard_cli.engine.models.nli_onnx import load_runtime_model
 
     folder = str(model_dirs["bert-ENC"])
     with pytest.raises(ModelError, match="unknown backend"):
@@ -151,7 +151,7 @@ def test_unsupported_backends_and_devices_are_clear(model_dirs, onnx_cache):
 
 
 def test_not_an_nli_model_is_refused_before_export(bad_label_dirs, tmp_path):
-    from crossguard_cli.engine.onnx_model import load_runtime_model
+    from crossguard_cli.engine.models.nli_onnx import load_runtime_model
 
     with pytest.raises(ModelError, match="not a 3-label NLI model"):
         load_runtime_model(str(bad_label_dirs["generic"]), cache_dir=tmp_path)
@@ -161,7 +161,7 @@ def test_not_an_nli_model_is_refused_before_export(bad_label_dirs, tmp_path):
 def test_export_failure_is_one_clear_model_error(model_dirs, tmp_path, monkeypatch):
     import torch
 
-    from crossguard_cli.engine.onnx_model import load_runtime_model
+    from crossguard_cli.engine.models.nli_onnx import load_runtime_model
 
     def refuse(*args, **kwargs):
         raise RuntimeError("Exporting the operator 'aten::fancy' to ONNX opset version 17 is not supported.\n"
@@ -195,8 +195,8 @@ def test_cli_backend_options_reach_the_runtime(model_dirs, tmp_path, monkeypatch
 @pytest.mark.parametrize("spec", ["bert-ENC", "bert-CEN", "deberta-CEN", "modernbert-NCE"])
 def test_openvino_fp32_matches_torch(spec, model_dirs, onnx_cache, ruleset):
     pytest.importorskip("openvino", reason="the openvino extra is not installed")
-    from crossguard_cli.engine.loader import load_model
-    from crossguard_cli.engine.openvino_model import load_openvino_model
+    from crossguard_cli.engine.models.loader import load_model
+    from crossguard_cli.engine.models.nli_openvino import load_openvino_model
 
     torch_model = load_model(str(model_dirs[spec]), device="cpu", dtype="float32", max_length=MAX_LENGTH)
     ov_model = load_openvino_model(str(model_dirs[spec]), max_length=MAX_LENGTH, cache_dir=onnx_cache)
@@ -259,18 +259,18 @@ def realistic_dirs(tmp_path_factory, wordpiece):
 def test_int8_stays_within_its_measured_bound(realistic_dirs, onnx_cache, ruleset, moderation_records, arch,
                                               backend):
     pytest.importorskip("openvino" if backend.startswith("openvino") else "onnxruntime")
-    from crossguard_cli.engine.loader import load_model
+    from crossguard_cli.engine.models.loader import load_model
     from crossguard_cli.engine.scorer import Scorer
 
     folder = str(realistic_dirs[arch])
     prompts = [r["prompt"] for r in moderation_records[:30]]
     exact = Scorer(load_model(folder, device="cpu", dtype="float32", max_length=MAX_LENGTH), ruleset).score(prompts)
     if backend == "onnx-int8":
-        from crossguard_cli.engine.onnx_model import load_runtime_model
+        from crossguard_cli.engine.models.nli_onnx import load_runtime_model
 
         int8 = load_runtime_model(folder, backend=backend, max_length=MAX_LENGTH, cache_dir=onnx_cache)
     else:
-        from crossguard_cli.engine.openvino_model import load_openvino_model
+        from crossguard_cli.engine.models.nli_openvino import load_openvino_model
 
         int8 = load_openvino_model(folder, backend=backend, max_length=MAX_LENGTH, cache_dir=onnx_cache)
     assert int8.dtype == "int8"

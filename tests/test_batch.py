@@ -282,7 +282,7 @@ def test_out_of_memory_retries_smaller_outside_the_handler_and_keeps_the_smaller
 
     import torch
 
-    from crossguard_cli.engine.torch_model import LoadedModel
+    from crossguard_cli.engine.models.nli_torch import LoadedModel
 
     long_prompt = next(r["prompt"] for r in moderation_records if 800 < len(r["prompt"]) < 1500)
     prompts = short_prompts(moderation_records, 40)
@@ -320,7 +320,7 @@ def test_out_of_memory_retries_smaller_outside_the_handler_and_keeps_the_smaller
 
 
 def test_other_model_errors_are_not_mistaken_for_out_of_memory(batch, monkeypatch) -> None:
-    from crossguard_cli.engine.torch_model import LoadedModel
+    from crossguard_cli.engine.models.nli_torch import LoadedModel
 
     def broken(self, ids, mask, types):
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x64 and 32x3)")

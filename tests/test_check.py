@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import cli_cmd, cli_env
 
-from crossguard_cli.engine.torch_model import LoadedModel
+from crossguard_cli.engine.models.nli_torch import LoadedModel
 
 FIRE_ALL = "version: 1\ndefaults: {threshold: 0.0}\nrules:\n  - name: any\n    hypothesis: The prompt is text.\n"
 FIRE_NONE = "version: 1\ndefaults: {threshold: 1.0}\nrules:\n  - name: any\n    hypothesis: The prompt is text.\n"
@@ -151,7 +151,7 @@ def test_model_precedence_option_env_rules_file(run_cli, model_dirs, rules_file,
 def test_long_prompt_deciding_text_beyond_the_first_window(run_cli, model_dir, rules_file, monkeypatch):
     """A rigged model entails only when the prompt part holds 'bomb'; the word sits far past
     the first window, so windows catch it and truncation misses it (but says it truncated)."""
-    from crossguard_cli.engine.loader import load_model
+    from crossguard_cli.engine.models.loader import load_model
 
     tok = load_model(str(model_dir), device="cpu").tokenizer
     word = next(w for w in ("bomb", "weapon", "weapons", "kill", "gun") if len(tok(w, add_special_tokens=False)

@@ -260,7 +260,8 @@ def test_a_signal_while_loading_is_not_reported_as_a_broken_model(model_dir, mon
     """SIGTERM raises the CLI's Terminated (a BaseException) wherever Python is: during a load it
     must unwind to exit 143, not become "cannot load model ...: Terminated" and exit 2."""
     from crossguard_cli.cli.signals import Terminated
-    from crossguard_cli.engine import export, loader, torch_model
+    from crossguard_cli.engine.models import export, loader
+    from crossguard_cli.engine.models import nli_torch as torch_model
     from crossguard_cli.errors import ModelError
 
     def stopped(*_args, **_kwargs):

@@ -32,7 +32,7 @@ rules:
 
 @pytest.fixture(scope="module")
 def models(model_dirs):
-    from crossguard_cli.engine.loader import load_model
+    from crossguard_cli.engine.models.loader import load_model
 
     return {name: load_model(str(folder), device="cpu", dtype="float32", max_length=64)
             for name, folder in model_dirs.items()}

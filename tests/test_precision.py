@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from crossguard_cli.engine.loader import load_model
+from crossguard_cli.engine.models.devices import native_bf16_cpu
+from crossguard_cli.engine.models.loader import load_model
 from crossguard_cli.engine.scorer import Scorer
-from crossguard_cli.engine.torch_model import native_bf16_cpu
 from crossguard_cli.rules import parse_rules
 
 # Largest probability difference the bf16 default may make against fp32, on every label of

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from crossguard_cli.engine.loader import load_model
-from crossguard_cli.engine.model_files import label_columns
+from crossguard_cli.engine.models.files import label_columns
+from crossguard_cli.engine.models.loader import load_model
 from crossguard_cli.engine.pairs import learn_template, window_spans
 from crossguard_cli.engine.scorer import Scorer
 from crossguard_cli.errors import ModelError, RulesError

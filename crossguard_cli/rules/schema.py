@@ -56,6 +56,13 @@ class Rule:
     line: int | None = None
     hypothesis_lines: tuple[int | None, ...] = ()
     hypothesis_key: str = "hypotheses"
+    classifier: str | None = None
+
+    @property
+    def score_field(self) -> str:
+        """The key of this rule's deciding probability in a record's `scores[name]`: its NLI label,
+        or "probability" for a classifier rule."""
+        return "probability" if self.classifier else self.label
 
 
 @dataclass(frozen=True)

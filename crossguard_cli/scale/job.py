@@ -109,7 +109,7 @@ def _portable(engine: EngineOptions, ruleset) -> EngineOptions:
 
     The rules travel as the loaded `RuleSet`, so workers never read the rules file.
     """
-    from crossguard_cli.engine.loader import model_name
+    from crossguard_cli.engine.models.loader import model_name
 
     name = model_name(engine.model, ruleset, engine.rules)
     if os.path.isdir(name):

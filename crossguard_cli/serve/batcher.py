@@ -281,7 +281,7 @@ class MicroBatcher:
             self._count_reload("error")
             return
         if not self.guard.options.model:  # the model came from the rules file: has its `model:` changed?
-            from crossguard_cli.engine.loader import model_name
+            from crossguard_cli.engine.models.loader import model_name
 
             wanted = model_name(None, new.rules, self.rules_path)
             if wanted != self.guard.model_name:

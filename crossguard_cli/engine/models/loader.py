@@ -61,7 +61,7 @@ def load_model(name: str, *, backend: str = "torch", revision: str | None = None
     """
     quiet_libraries()
     if backend == "torch":
-        from crossguard_cli.engine.torch_model import load_torch_model
+        from crossguard_cli.engine.models.nli_torch import load_torch_model
 
         return load_torch_model(name, revision=revision, device=device, dtype=dtype, max_length=max_length,
                                 compile=compile)
@@ -73,10 +73,10 @@ def load_model(name: str, *, backend: str = "torch", revision: str | None = None
         raise UsageError(f"--dtype {dtype}: --backend {backend} runs in float32 (or int8 with {backend.split('-')[0]}"
                          "-int8)")
     if backend in ("onnx", "onnx-int8"):
-        from crossguard_cli.engine.onnx_model import load_runtime_model
+        from crossguard_cli.engine.models.nli_onnx import load_runtime_model
 
         return load_runtime_model(name, revision=revision, backend=backend, max_length=max_length, device=device)
-    from crossguard_cli.engine.openvino_model import load_openvino_model
+    from crossguard_cli.engine.models.nli_openvino import load_openvino_model
 
     return load_openvino_model(name, revision=revision, backend=backend, max_length=max_length, device=device)
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from crossguard_cli.engine.export import Exportable, ExportedModel, cached, cpu_threads, describe
+from crossguard_cli.engine.models.export import Exportable, ExportedModel, cached, cpu_threads, describe
 from crossguard_cli.errors import ModelError, UsageError
 
 CALIBRATION_PAIRS = 32  # int8 calibration: (premise, hypothesis) pairs, built from the default rules

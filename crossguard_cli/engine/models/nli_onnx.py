@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from crossguard_cli.engine.export import ExportedModel, cached, cpu_threads, describe
+from crossguard_cli.engine.models.export import ExportedModel, cached, cpu_threads, describe
 from crossguard_cli.errors import ModelError, UsageError
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from crossguard_cli.engine.model_files import (
+from crossguard_cli.engine.models.files import (
     check_model_name,
     checked_model,
     is_library_failure,
@@ -35,7 +35,7 @@ from crossguard_cli.engine.model_files import (
 )
 from crossguard_cli.errors import ModelError
 
-log = logging.getLogger("crossguard_cli.engine.export")
+log = logging.getLogger("crossguard_cli.engine.models.export")
 
 EXPORT_VERSION = 1  # bump when the export recipe changes, so older cached files are not reused
 OPSET = 17
