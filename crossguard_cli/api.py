@@ -80,16 +80,12 @@ class Guard:
         return guard
 
     def _setup(self, options: EngineOptions, ruleset: RuleSet) -> None:
-        from crossguard_cli.engine.models.loader import load_model, model_name
-        from crossguard_cli.engine.scorer import Scorer
+        from crossguard_cli.engine.build import build_scorer
 
         self.options = options
-        self.model_name = model_name(options.model, ruleset, options.rules)
-        model = load_model(self.model_name, backend=options.backend, revision=options.revision,
-                           device=options.device, dtype=options.dtype, max_length=options.max_length,
-                           compile=options.compile)
-        self._scorer = Scorer(model, ruleset, long_input=options.long_input, max_chars=options.max_chars,
-                              batch_size=options.batch_size)
+        self._models: dict = {}  # every model loaded for this Guard, by what defines it (shared with with_rules)
+        self._scorer, self._nli_name = build_scorer(ruleset, options, self._models)
+        self.model_name = self._nli_name or self._scorer.model.name
         self._lock = threading.RLock()
 
     @property
@@ -99,8 +95,14 @@ class Guard:
 
     @property
     def model(self):
-        """The loaded model (its `name`, `device`, `dtype`, `max_length`, `tokenizer`)."""
+        """The loaded model (its `name`, `device`, `dtype`, `max_length`, `tokenizer`): the NLI model, or
+        the first classifier when no rule needs an NLI model."""
         return self._scorer.model
+
+    @property
+    def models(self) -> list:
+        """Every model the rules use: the NLI model (if any rule needs it), then each classifier."""
+        return list(getattr(self._scorer, "models", [self._scorer.model]))
 
     @property
     def stats(self) -> dict[str, int]:
@@ -113,18 +115,19 @@ class Guard:
         The service reloads rules this way: build the new Guard, then swap it in; a bad rules
         file raises `RulesError` and the old Guard keeps serving.
         """
-        from crossguard_cli.engine.scorer import Scorer
+        from crossguard_cli.engine.build import build_scorer, inherit_budget
 
         rules_path = None if rules is None or isinstance(rules, (Mapping, RuleSet)) else os.fspath(rules)
         ruleset = resolve_rules(rules, self.options.threshold)
         other = Guard.__new__(Guard)
-        other.options = self.options.replace(rules=rules_path)
-        other.model_name = self.model_name
-        other._scorer = Scorer(self._scorer.model, ruleset, long_input=self.options.long_input,
-                               max_chars=self.options.max_chars, batch_size=self.options.batch_size)
+        # The model in force stays (a changed `model:` needs a restart); classifiers new to the
+        # rules are loaded now, those already loaded are shared.
+        other.options = self.options.replace(rules=rules_path, model=self._nli_name or self.options.model)
+        other._models = self._models
+        other._scorer, other._nli_name = build_scorer(ruleset, other.options, self._models)
+        other.model_name = other._nli_name or other._scorer.model.name
         # A budget this Guard's scorer reduced after running out of memory holds for the same model.
-        other._scorer.batch_size = min(other._scorer.batch_size, self._scorer.batch_size)
-        other._scorer.batch_tokens = min(other._scorer.batch_tokens, self._scorer.batch_tokens)
+        inherit_budget(other._scorer, self._scorer)
         other._lock = self._lock  # one model: one forward pass at a time, whichever rules
         return other
 

@@ -160,10 +160,24 @@ def build_model_folder(
     return path
 
 
+def read_texts(path: str) -> list[str]:
+    """Lines of a .txt or .jsonl(.gz) file (a JSON line's text field), to train a tokenizer on."""
+    import gzip
+
+    texts: list[str] = []
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            if line.lstrip().startswith("{"):
+                obj = json.loads(line)
+                line = next((obj[k] for k in ("text", "prompt", "input", "content") if k in obj), "")
+            texts.append(line)
+    return texts
+
+
 def _main(argv: Sequence[str] | None = None) -> None:
     """`python -m crossguard_cli.testing FOLDER`: a random-weight model to try crossguard offline."""
     import argparse
-    import gzip
 
     ap = argparse.ArgumentParser(prog="python -m crossguard_cli.testing",
                                  description="Build a random-weight NLI model folder (scores mean nothing).")
@@ -175,15 +189,7 @@ def _main(argv: Sequence[str] | None = None) -> None:
     from crossguard_cli.engine.models.loader import quiet_libraries
 
     quiet_libraries()
-    texts: list[str] = []
-    if args.texts:
-        opener = gzip.open if args.texts.endswith(".gz") else open
-        with opener(args.texts, "rt", encoding="utf-8") as f:
-            for line in f:
-                if line.lstrip().startswith("{"):
-                    obj = json.loads(line)
-                    line = next((obj[k] for k in ("text", "prompt", "input", "content") if k in obj), "")
-                texts.append(line)
+    texts = read_texts(args.texts) if args.texts else []
     from crossguard_cli.rules import default_rules_path
 
     rules = default_rules_path()

@@ -133,3 +133,55 @@ def cli_env(**extra: str) -> dict[str, str]:
 
 def cli_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "crossguard_cli", *args]
+
+
+@pytest.fixture(scope="session")
+def classifier_dirs(tmp_path_factory, wordpiece) -> dict[str, Path]:
+    """Random-weight classifiers: a DuoGuard-shaped Qwen2 (12 multi-label outputs, LABEL_i names, pad = eos,
+    its tokenizer in a folder of its own) and BERT / DeBERTa-v2 2-label single-label classifiers."""
+    from crossguard_cli.testing_classifiers import build_decoder_classifier, build_encoder_classifier, train_bpe
+
+    base = tmp_path_factory.mktemp("classifiers")
+    texts = [r["prompt"] for r in moderation_prompts()][:800]
+    bpe = train_bpe(texts, vocab_size=1500)
+    return {
+        "qwen2": build_decoder_classifier(base / "qwen2", tokenizer_path=base / "qwen2-tokenizer", tokenizer=bpe),
+        "qwen2-tokenizer": base / "qwen2-tokenizer",
+        "bert": build_encoder_classifier(base / "bert", arch="bert", tokenizer=wordpiece, seed=3),
+        "deberta": build_encoder_classifier(base / "deberta", arch="deberta-v2", labels=("benign", "malicious"),
+                                            tokenizer=wordpiece, seed=4),
+    }
+
+
+def mixed_rules(nli_model: Path, dirs: dict[str, Path], **extra: str) -> str:
+    """A rules file with one NLI rule and rules on two classifiers (folders as absolute paths)."""
+    labels = ", ".join(f"cat{i}" for i in range(12))
+    return f"""\
+version: 1
+model: {nli_model}
+classifiers:
+  duo:
+    model: {dirs['qwen2']}
+    tokenizer: {dirs['qwen2-tokenizer']}
+    labels: [{labels}]
+    max_length: {extra.get('duo_max_length', 512)}
+  inj:
+    model: {dirs['bert']}
+rules:
+  - name: weapons
+    hypothesis: The prompt asks for instructions to build a weapon.
+    margin: 0.05
+  - name: violent
+    classifier: duo
+    label: cat0
+    threshold: {extra.get('violent', 0.5)}
+    margin: 0.1
+  - name: hate
+    classifier: duo
+    label: 8
+  - name: injection
+    classifier: inj
+    label: INJECTION
+    threshold: {extra.get('injection', 0.9)}
+    margin: 0.05
+"""

@@ -1,4 +1,4 @@
-"""The README's CLI reference is the real `--help` of every command, kept in step by this test.
+"""docs/cli.md, the CLI reference, is the real `--help` of every command, kept in step by this test.
 
 After changing an option, regenerate the reference with:
 
@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-README = ROOT / "README.md"
+CLI_DOC = ROOT / "docs" / "cli.md"
 COMMANDS = ([], ["check"], ["batch"], ["validate"], ["eval"], ["serve"])
 BEGIN, END = "<!-- cli-reference:begin -->", "<!-- cli-reference:end -->"
 
@@ -29,20 +29,24 @@ def help_text(args: list[str]) -> str:
 def reference() -> str:
     parts = [BEGIN]
     for args in COMMANDS:
-        parts += [f"### `crossguard {' '.join([*args, '--help'])}`", "", "```text", help_text(args), "```", ""]
+        parts += [f"## `crossguard {' '.join([*args, '--help'])}`", "", "```text", help_text(args), "```", ""]
     parts.append(END)
     return "\n".join(parts)
 
 
-def test_readme_cli_reference_matches_help():
-    text = README.read_text(encoding="utf-8")
+def test_cli_reference_matches_help():
+    text = CLI_DOC.read_text(encoding="utf-8")
     found = re.search(re.escape(BEGIN) + ".*?" + re.escape(END), text, flags=re.S)
-    assert found, "README.md has no CLI reference block"
-    assert found.group(0) == reference(), "README CLI reference is stale: python tests/test_cli_reference.py --update"
+    assert found, "docs/cli.md has no CLI reference block"
+    assert found.group(0) == reference(), "docs/cli.md CLI reference is stale: python tests/test_cli_reference.py --update"
+
+
+def test_readme_links_the_cli_reference():
+    assert "(docs/cli.md)" in (ROOT / "README.md").read_text(encoding="utf-8")
 
 
 if __name__ == "__main__" and "--update" in sys.argv:
-    text = README.read_text(encoding="utf-8")
+    text = CLI_DOC.read_text(encoding="utf-8")
     new = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: reference(), text, flags=re.S)
-    README.write_text(new, encoding="utf-8")
-    print("README.md CLI reference updated")
+    CLI_DOC.write_text(new, encoding="utf-8")
+    print("docs/cli.md CLI reference updated")

@@ -42,7 +42,13 @@ def models(model_dirs):
 def test_token_encoder_equals_the_tokenizer(models, moderation_records, name):
     tok = models[name].tokenizer
     texts = [r["prompt"] for r in moderation_records[:200]] + ["", "[SEP] inside", "caf\u00e9 \u2014 \u00fcber"]
-    assert token_encoder(tok)(texts) == list(tok(texts, add_special_tokens=False)["input_ids"])
+    for split in (True, False):
+        assert token_encoder(tok, split_special_tokens=split)(texts) == list(
+            tok(texts, add_special_tokens=False, split_special_tokens=split)["input_ids"])
+    # Prompts are read with split_special_tokens: "[SEP]" typed in a prompt is never the control token.
+    sep = tok.sep_token_id
+    assert sep in token_encoder(tok, split_special_tokens=False)(["a [SEP] b"])[0]
+    assert sep not in token_encoder(tok, split_special_tokens=True)(["a [SEP] b"])[0]
 
 
 @pytest.mark.parametrize("name", ["bert-ENC", "deberta-CEN", "modernbert-NCE"])
@@ -54,8 +60,8 @@ def test_batches_hold_exactly_the_tokenizers_pairs(models, moderation_records, n
     scorer = Scorer(model, RULES, long_input=long_input, batch_size=7)
     prompts = [r["prompt"] for r in moderation_records[:25]] + [""]
     prepared = scorer.prepare(prompts)
-    encode = token_encoder(tok)
-    ids_of = encode(list(prepared.unique))
+    encode = token_encoder(tok, split_special_tokens=False)
+    ids_of = token_encoder(tok, split_special_tokens=True)(list(prepared.unique))
     expect = []  # (ids, types) per pair, in the plan's pair order: prompt, hypothesis, window
     for ids in ids_of:
         for h in scorer.hypotheses:

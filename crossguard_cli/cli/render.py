@@ -11,7 +11,6 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from crossguard_cli.engine.decide import rule_state
 from crossguard_cli.records.writers import where
 from crossguard_cli.rules import RuleSet
 
@@ -19,15 +18,20 @@ _STYLE = {"flagged": "bold red", "uncertain": "yellow", "allowed": "green", "err
           "empty": "dim", "fired": "bold red", "-": "dim"}
 
 
-def rule_rows(ruleset: RuleSet, record: dict[str, Any]) -> list[tuple[str, float, float, float, str]]:
-    """(name, E%, N%, C%, decision) per rule, decision being fired / uncertain / -."""
-    rows = []
-    for rule in ruleset.rules:
-        s = record["scores"][rule.name]
-        state = rule_state(rule, s[rule.label] / 100.0)
-        rows.append((rule.name, s["entailment"], s["neutral"], s["contradiction"],
-                     {"fired": "fired", "uncertain": "uncertain"}.get(state, "-")))
-    return rows
+COLUMNS = (("entailment", "E %"), ("neutral", "N %"), ("contradiction", "C %"), ("probability", "P %"),
+           ("abstain", "abstain %"))
+
+
+def rule_rows(ruleset: RuleSet, record: dict[str, Any]) -> list[tuple[str, dict[str, float], str]]:
+    """(name, the rule's score fields, decision) per rule, decision being fired / uncertain / -.
+
+    The decision is the record's own (its `flagged` and `uncertain` lists), so what the table
+    shows is what `batch` and the service say, whatever decided it (threshold, margin, abstain).
+    """
+    flagged, uncertain = set(record.get("flagged", ())), set(record.get("uncertain", ()))
+    return [(rule.name, record["scores"][rule.name],
+             "fired" if rule.name in flagged else "uncertain" if rule.name in uncertain else "-")
+            for rule in ruleset.rules]
 
 
 def _snippet(text: str | None, width: int = 60) -> str:
@@ -51,13 +55,16 @@ class TableWriter:
 
     def _table(self, record: dict[str, Any]) -> None:
         table = Table(title=escape(_snippet(record.get("text"), 80)), title_justify="left")
+        rows = rule_rows(self.ruleset, record)
+        shown = [(key, head) for key, head in COLUMNS if any(key in fields for _, fields, _ in rows)]
         table.add_column("rule")
-        for head in ("E %", "N %", "C %"):
+        for _, head in shown:
             table.add_column(head, justify="right")
         table.add_column("decision")
-        for name, e, n, c, state in rule_rows(self.ruleset, record):
+        for name, fields, state in rows:
             style = _STYLE.get(state, "")
-            table.add_row(escape(name), f"{e:.2f}", f"{n:.2f}", f"{c:.2f}", f"[{style}]{state}[/]")
+            cells = [f"{fields[key]:.2f}" if key in fields else "" for key, _ in shown]
+            table.add_row(escape(name), *cells, f"[{style}]{state}[/]")
         self.console.print(table)
         verdict = record["verdict"]
         extra = ""

@@ -9,7 +9,8 @@ import typer
 
 def validate(
     rules: Annotated[str | None, typer.Argument(
-        metavar="RULES", envvar="CROSSGUARD_RULES", help="Rules file. [default: the packaged rules]",
+        metavar="RULES", envvar="CROSSGUARD_RULES",
+        help="Rules file, or a packaged preset: default, duoguard, prompt-guard. [default: the packaged rules]",
         show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary; only the exit code.")] = False,
 ) -> int:
@@ -23,10 +24,10 @@ def validate(
 
         table = Table(title=f"{ruleset.source}: {len(ruleset.rules)} rules, mode {ruleset.mode}"
                       + (f", model {ruleset.model}" if ruleset.model else ""), title_justify="left")
-        for col in ("rule", "label", "threshold", "margin", "hypotheses"):
+        for col in ("rule", "scored by", "label", "threshold", "margin", "hypotheses"):
             table.add_column(col, justify="right" if col in ("threshold", "margin", "hypotheses") else "left")
         for row in summarize(ruleset):
-            table.add_row(row["name"], row["label"], f"{row['threshold']:g}", f"{row['margin']:g}",
-                          str(row["hypotheses"]))
+            table.add_row(row["name"], row["classifier"] or "nli", row["label"], f"{row['threshold']:g}",
+                          f"{row['margin']:g}", str(row["hypotheses"]) if not row["classifier"] else "-")
         console().print(table)
     return 0

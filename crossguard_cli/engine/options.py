@@ -72,12 +72,18 @@ class EngineOptions:
 
     rules: str | None = _option(
         None, flag="--rules", short="-r", env="CROSSGUARD_RULES", metavar="FILE", panel="Scoring",
-        help="Rules file (YAML). [default: the packaged rules, as rules.example.yaml]")
+        help="Rules file (YAML), or a packaged preset by name: default, duoguard (DuoGuard-0.5B's 12 categories), "
+             "prompt-guard (Llama Prompt Guard 2 86M); a file of that name wins. [default: the packaged rules, as "
+             "rules.example.yaml]")
     model: str | None = _option(
         None, flag="--model", short="-m", env="CROSSGUARD_MODEL", metavar="ID_OR_PATH", panel="Model",
-        help=f"Hub id or local folder. [default: rules file 'model:', else {DEFAULT_MODEL}]")
+        help="The NLI model: hub id or local folder (not loaded when no rule needs it). [default: rules file "
+             f"'model:', else {DEFAULT_MODEL}]")
     revision: str | None = _option(
         None, flag="--revision", metavar="REV", panel="Model", help="Hub branch, tag or commit of the model.")
+    encoder: str | None = _option(
+        None, flag="--encoder", metavar="ID_OR_PATH", panel="Model",
+        help="Base encoder of a model with learned-abstention heads (task_heads.pt). [default: its 'base_model']")
     device: str = _option(
         "auto", flag="--device", env="CROSSGUARD_DEVICE", metavar="DEVICE", panel="Model",
         help="auto, cpu, cuda, cuda:N or mps.")
@@ -88,7 +94,7 @@ class EngineOptions:
     backend: str = _option(
         "torch", flag="--backend", choices=BACKENDS, metavar="BACKEND", panel="Model",
         help="torch; onnx or openvino (ONNX Runtime, OpenVINO on the CPU: exact); onnx-int8 or openvino-int8 "
-             "(int8: faster, approximate). Exports are cached.")
+             "(int8: faster, approximate). Exports are cached. For the NLI model; classifiers run on torch.")
     batch_size: int | None = _option(
         None, flag="--batch-size", low=1, metavar="N", panel="Model",
         help="Pairs per forward pass (>= 1). [default: chosen per device, by a token budget]")

@@ -31,6 +31,22 @@ class RuleScore(NamedTuple):
     def prob(self, label: str) -> float:
         return getattr(self, label)
 
+    def fields(self) -> dict[str, float]:
+        """The record's fields of this score: E/N/C probabilities (0-1)."""
+        return {"entailment": self.entailment, "neutral": self.neutral, "contradiction": self.contradiction}
+
+
+class ClassScore(NamedTuple):
+    """A classifier rule's probability (0-1) of its column, in the prompt's best window."""
+
+    probability: float
+
+    def prob(self, field: str = "probability") -> float:
+        return self.probability
+
+    def fields(self) -> dict[str, float]:
+        return {"probability": self.probability}
+
 
 @dataclass(frozen=True)
 class PromptScores:
@@ -116,4 +132,47 @@ def best_scores(ruleset: RuleSet, n_prompts: int, prompt: np.ndarray, hypothesis
     return results
 
 
-__all__ = ["LABEL_INDEX", "PromptScores", "RuleScore", "best_scores", "softmax"]
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Element-wise logistic in float64, stable for large |x|."""
+    z = logits.astype(np.float64)
+    out = np.empty_like(z)
+    pos = z >= 0
+    out[pos] = 1.0 / (1.0 + np.exp(-z[pos]))
+    e = np.exp(z[~pos])
+    out[~pos] = e / (1.0 + e)
+    return out
+
+
+def best_classes(names: list[str], columns: list[int], n_prompts: int, prompt: np.ndarray, probs: np.ndarray,
+                 failed: np.ndarray, windows: np.ndarray, cut: np.ndarray, dtype: object) -> list[PromptScores]:
+    """Each prompt's classifier-rule scores: per rule, its column's highest probability over the
+    prompt's windows. A failed or non-finite window makes the prompt an error, never "allowed".
+
+    Args:
+        names, columns: per rule, its name and the probability column it decides on.
+        prompt: per window row, the prompt index; probs: per row, every column's probability.
+        failed: per row, whether it could not be scored; windows: per prompt, its window count.
+    """
+    usable = ~failed & np.isfinite(probs).all(axis=1)
+    bad = np.zeros(n_prompts, dtype=bool)
+    bad[prompt[failed]] = True
+    nonfinite = np.zeros(n_prompts, dtype=bool)
+    nonfinite[prompt[~np.isfinite(probs).all(axis=1)]] = True
+    best = np.full((n_prompts, probs.shape[1]), -1.0)
+    if len(prompt):
+        np.maximum.at(best, prompt[usable], probs[usable])
+    picked = best[:, columns].tolist() if columns else [[] for _ in range(n_prompts)]
+    results = []
+    for p in range(n_prompts):
+        k, truncated = int(windows[p]), bool(cut[p])
+        if bad[p] or nonfinite[p]:
+            why = ("out of memory scoring this prompt even one window at a time" if bad[p] else
+                   f"the classifier gave non-finite scores in {dtype}; try --dtype float32")
+            results.append(PromptScores({}, k, truncated, why))
+        else:
+            results.append(PromptScores(dict(zip(names, map(ClassScore, picked[p]), strict=True)), k, truncated))
+    return results
+
+
+__all__ = ["LABEL_INDEX", "ClassScore", "PromptScores", "RuleScore", "best_classes", "best_scores", "sigmoid",
+           "softmax"]

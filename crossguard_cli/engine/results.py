@@ -13,7 +13,7 @@ from typing import Any
 
 from crossguard_cli.engine.decide import Decision, percent
 from crossguard_cli.records.inputs import Record
-from crossguard_cli.rules import LABELS, RuleSet
+from crossguard_cli.rules import RuleSet
 
 
 def _head(rec: Record) -> dict[str, Any]:
@@ -38,9 +38,7 @@ def scored_record(rec: Record, ruleset: RuleSet, scores: Any, decision: Decision
            "flagged": decision.flagged, "uncertain": decision.uncertain}
     if ruleset.mode == "route":
         out["route"] = decision.route
-    out["scores"] = {
-        name: {label: percent(getattr(s, label)) for label in LABELS} for name, s in scores.rules.items()
-    }
+    out["scores"] = {name: {key: percent(p) for key, p in s.fields().items()} for name, s in scores.rules.items()}
     out["truncated"] = scores.truncated
     out["windows"] = scores.windows
     return out
@@ -81,7 +79,8 @@ class Result:
 
     @property
     def scores(self) -> dict[str, dict[str, float]]:
-        """rule -> {"entailment", "neutral", "contradiction"}: percentages (0-100, two decimals)."""
+        """rule -> {"entailment", "neutral", "contradiction"} (NLI rules) or {"probability"} (classifier
+        rules): percentages (0-100, two decimals)."""
         return {rule: dict(labels) for rule, labels in self._record.get("scores", {}).items()}
 
     @property

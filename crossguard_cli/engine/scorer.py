@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from crossguard_cli.engine.options import LONG_INPUT
-from crossguard_cli.engine.pairs import PairAssembler, PairPlan, learn_template, min_window
+from crossguard_cli.engine.pairs import PairAssembler, PairPlan, PairTemplate, learn_template, min_window
 from crossguard_cli.engine.reduce import LABEL_INDEX, PromptScores, RuleScore, best_scores, softmax
 from crossguard_cli.records.text import is_blank, normalize_text
 from crossguard_cli.rules import RuleSet, check_hypothesis_lengths
@@ -86,61 +86,50 @@ class Prepared:
     host: Callable[[], np.ndarray] | None = None  # the group's logits, in `outputs` order, on the host
 
 
-class Scorer:
-    """Scores prompts with one model against one rule set.
+class WindowScorer:
+    """What every model kind shares: prompts in windows, length-sorted batches by a token budget,
+    out-of-memory halving, one copy back per group, results in input order.
 
     A forward pass that runs out of memory is retried with half as many pairs, outside the
     exception handler (so the failed pass's tensors are freed first), and the smaller budget is
     kept for the rest of the run; a single pair that still does not fit is an error record.
+    Subclasses say what a row is (`template`, the token runs beside each window) and what the
+    logits mean (`reduce`).
 
     Args:
-        model: the loaded cross-encoder (`LoadedModel`, `RuntimeModel`, `OpenVinoModel`).
-        ruleset: the rules; every hypothesis is tokenised once here.
+        model: the loaded model (any of engine/models/: the same scoring surface).
+        ruleset: the rules this model scores.
+        template: special tokens around a window and its hypothesis (none for a classifier).
+        hypotheses: token ids of each text scored beside every window ([[]] for a classifier).
+        n_outputs: logits columns the model gives.
         long_input: "window" (score overlapping windows, best wins) or "truncate" (first only).
         max_chars: characters kept per prompt before tokenising.
         batch_size: most pairs per forward pass (None: chosen per device).
         batch_tokens: most padded tokens per forward pass (None: chosen per device).
-
-    Raises:
-        RulesError: a hypothesis leaves too little room for the prompt.
     """
 
-    def __init__(
-        self,
-        model,
-        ruleset: RuleSet,
-        *,
-        long_input: str = "window",
-        max_chars: int = 50_000,
-        batch_size: int | None = None,
-        batch_tokens: int | None = None,
-    ) -> None:
+    def __init__(self, model, ruleset: RuleSet, *, template: PairTemplate, hypotheses: list[list[int]],
+                 n_outputs: int, long_input: str = "window", max_chars: int = 50_000, batch_size: int | None = None,
+                 batch_tokens: int | None = None) -> None:
         if long_input not in LONG_INPUT:
             raise ValueError(f"long_input must be one of {LONG_INPUT}, got {long_input!r}")
         self.model = model
         self.ruleset = ruleset
         self.long_input = long_input
         self.max_chars = max_chars
+        self.n_outputs = n_outputs
         pairs, tokens = getattr(model, "batching", None) or default_batching(str(model.device))
         self.batch_size = batch_size or pairs
         # An explicit pair count is what the user asked for: the token budget follows it.
         budget = batch_tokens or (batch_size * model.max_length if batch_size else tokens)
         self.batch_tokens = max(budget, model.max_length)
-        self.template = learn_template(model.tokenizer)
-        self._encode = token_encoder(model.tokenizer)
-        limit = model.max_length - self.template.n_special - min_window(model.max_length)
-        self._tokens: dict[str, list[int]] = {}
-        check_hypothesis_lengths(ruleset, lambda h: len(self._hypothesis_ids(h)), limit, model.max_length)
-        self.hypotheses = ruleset.hypotheses
-        self.assembler = PairAssembler(self.template, [self._hypothesis_ids(h) for h in self.hypotheses],
-                                       model.max_length, model.tokenizer.pad_token_id or 0,
+        self.template = template
+        self.assembler = PairAssembler(template, hypotheses, model.max_length, pad_id(model.tokenizer),
                                        truncate=long_input == "truncate", token_types=model.uses_token_types)
         self.stats = {"pairs": 0, "tokens": 0, "padded_tokens": 0, "batches": 0, "out_of_memory": 0}
-
-    def _hypothesis_ids(self, hypothesis: str) -> list[int]:
-        if hypothesis not in self._tokens:
-            self._tokens[hypothesis] = self._encode([normalize_text(hypothesis)])[0]
-        return self._tokens[hypothesis]
+        # Prompts are read as plain text: a prompt that spells "[SEP]" or "<|endoftext|>" gets
+        # those characters, never the control token (it could end its own premise, or read as padding).
+        self._encode = token_encoder(model.tokenizer, split_special_tokens=True)
 
     def score(self, texts: Sequence[str]) -> list[PromptScores]:
         """Score prompts; the result has one entry per text, in order."""
@@ -220,25 +209,28 @@ class Scorer:
         """Start bringing the group's logits to the host: one copy for the group, not one per batch."""
         outs = [out for _, out in prepared.outputs]
         if all(isinstance(out, np.ndarray) for out in outs):
-            logits = np.concatenate(outs) if outs else np.zeros((0, 3), dtype=np.float32)
+            logits = np.concatenate(outs) if outs else np.zeros((0, self.n_outputs), dtype=np.float32)
             prepared.host = lambda: logits
         else:  # still on the device (CUDA runs ahead of Python): the model copies them back
             prepared.host = self.model.to_host(outs)
 
+    def reduce(self, prepared: Prepared, logits: np.ndarray, failed: np.ndarray) -> list[PromptScores]:
+        """Each unique prompt's scores from its pairs' logits (model columns, float64, pair order)."""
+        raise NotImplementedError
+
     def finish(self, prepared: Prepared) -> list[PromptScores]:
-        """Host work after the model: softmax, best window and hypothesis, results in input order."""
+        """Host work after the model: activation, best window (and hypothesis), results in input order."""
         plan = prepared.plan
         n = len(plan)
         assert prepared.host is not None, "collect() the group before finish()"
         done = prepared.host()
         positions = np.concatenate([np.arange(start, start + len(out)) for start, out in prepared.outputs] or
                                    [np.zeros(0, dtype=np.int64)])
-        logits = np.full((n, 3), np.nan)  # a pair that never got logits is non-finite: an error, never allowed
-        logits[plan.order[positions]] = np.asarray(done, dtype=np.float64)[:, list(self.model.label_columns)]
+        logits = np.full((n, self.n_outputs), np.nan)  # a pair that never got logits is an error, never allowed
+        logits[plan.order[positions]] = np.asarray(done, dtype=np.float64)
         failed = np.zeros(n, dtype=bool)
         failed[plan.order[np.asarray(prepared.failed, dtype=np.int64)]] = True
-        per_unique = best_scores(self.ruleset, len(prepared.unique), plan.prompt, plan.hypothesis, softmax(logits),
-                                 failed, plan.cut, self.model.dtype)
+        per_unique = self.reduce(prepared, logits, failed)
         out = []
         for original, c, n_text in zip(prepared.texts, prepared.capped, prepared.normalized, strict=True):
             u = prepared.unique[n_text]
@@ -254,12 +246,64 @@ class Scorer:
         return out
 
 
-def token_encoder(tokenizer) -> Callable[[list[str]], list[list[int]]]:
+class Scorer(WindowScorer):
+    """Scores prompts with one NLI cross-encoder against one rule set: (window, hypothesis) pairs.
+
+    Args:
+        model: the loaded cross-encoder (`LoadedModel`, `RuntimeModel`, `OpenVinoModel`).
+        ruleset: the rules; every hypothesis is tokenised once here (its special-token text kept:
+            hypotheses are the operator's own).
+        long_input, max_chars, batch_size, batch_tokens: as for `WindowScorer`.
+
+    Raises:
+        RulesError: a hypothesis leaves too little room for the prompt.
+    """
+
+    def __init__(self, model, ruleset: RuleSet, *, long_input: str = "window", max_chars: int = 50_000,
+                 batch_size: int | None = None, batch_tokens: int | None = None) -> None:
+        template = learn_template(model.tokenizer)
+        encode = token_encoder(model.tokenizer, split_special_tokens=False)
+        tokens: dict[str, list[int]] = {}
+
+        def ids(hypothesis: str) -> list[int]:
+            if hypothesis not in tokens:
+                tokens[hypothesis] = encode([normalize_text(hypothesis)])[0]
+            return tokens[hypothesis]
+
+        limit = model.max_length - template.n_special - min_window(model.max_length)
+        check_hypothesis_lengths(ruleset, lambda h: len(ids(h)), limit, model.max_length)
+        self.hypotheses = ruleset.hypotheses
+        super().__init__(model, ruleset, template=template, hypotheses=[ids(h) for h in self.hypotheses],
+                         n_outputs=getattr(model, "n_outputs", 3), long_input=long_input, max_chars=max_chars,
+                         batch_size=batch_size, batch_tokens=batch_tokens)
+
+    def reduce(self, prepared: Prepared, logits: np.ndarray, failed: np.ndarray) -> list[PromptScores]:
+        """Softmax over E/N/C (found by name), then each rule's best window and hypothesis."""
+        plan = prepared.plan
+        return best_scores(self.ruleset, len(prepared.unique), plan.prompt, plan.hypothesis,
+                           softmax(logits[:, list(self.model.label_columns)]), failed, plan.cut, self.model.dtype)
+
+
+def pad_id(tokenizer) -> int:
+    """The id rows are padded with: the tokenizer's pad token, else its eos (as decoder
+    classifiers' cards do), else 0."""
+    for name in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, name, None)
+        if isinstance(value, int):
+            return value
+    return 0
+
+
+def token_encoder(tokenizer, *, split_special_tokens: bool) -> Callable[[list[str]], list[list[int]]]:
     """Texts to token ids without special tokens, as `tokenizer(texts, add_special_tokens=False)`.
 
     Calls a private copy of the fast tokenizer's Rust backend directly: it skips the Python
     wrapper's per-call work, releases the GIL for the whole batch (so a pipeline thread can
     tokenise while another runs the model) and shares no settings with the caller's tokenizer.
+
+    Args:
+        split_special_tokens: read text that spells a special token (`[SEP]`, `</s>`) as plain
+            text (prompts), rather than as the token itself (hypotheses, the operator's own).
     """
     backend = getattr(tokenizer, "backend_tokenizer", None)
     try:
@@ -267,10 +311,11 @@ def token_encoder(tokenizer) -> Callable[[list[str]], list[list[int]]]:
 
         own = Tokenizer.from_str(backend.to_str())
     except Exception:  # not a fast tokenizer with a Rust backend: the wrapper does the same work
-        return lambda texts: list(tokenizer(texts, add_special_tokens=False)["input_ids"])
+        return lambda texts: list(tokenizer(texts, add_special_tokens=False,
+                                            split_special_tokens=split_special_tokens)["input_ids"])
     own.no_truncation()
     own.no_padding()
-    own.encode_special_tokens = bool(getattr(tokenizer, "split_special_tokens", False))
+    own.encode_special_tokens = split_special_tokens
     encode = getattr(own, "encode_batch_fast", own.encode_batch)
     return lambda texts: [e.ids for e in encode(texts, add_special_tokens=False)]
 
@@ -286,5 +331,5 @@ def _release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-__all__ = ["LABEL_INDEX", "Batch", "Prepared", "PromptScores", "RuleScore", "Scorer", "default_batching",
-           "is_out_of_memory", "token_encoder"]
+__all__ = ["LABEL_INDEX", "Batch", "Prepared", "PromptScores", "RuleScore", "Scorer", "WindowScorer",
+           "default_batching", "is_out_of_memory", "pad_id", "token_encoder"]

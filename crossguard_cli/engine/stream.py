@@ -101,7 +101,7 @@ def records_for(scorer: Scorer, group: list[Record], scores: list[PromptScores])
             if scores.error:
                 out.append(error_record(rec, scores.error))
                 continue
-            probs = {rule.name: scores.rules[rule.name].prob(rule.label) for rule in scorer.ruleset.rules}
+            probs = {rule.name: scores.rules[rule.name].prob(rule.score_field) for rule in scorer.ruleset.rules}
             out.append(scored_record(rec, scorer.ruleset, scores, decide(scorer.ruleset, probs)))
     return out
 

@@ -59,20 +59,28 @@ class JsonWriter(JsonlWriter):
         self.stream.write(to_json(record, indent=2) + "\n")
 
 
-def csv_columns(ruleset: RuleSet) -> list[str]:
-    """The CSV header: the jsonl fields, with one column per rule and label."""
+def score_fields(rule, abstains: bool = False) -> tuple[str, ...]:
+    """A rule's fields in a record's `scores`: E/N/C (and `abstain` with an abstention model) for an
+    NLI rule, `probability` for a classifier rule."""
+    if rule.classifier:
+        return ("probability",)
+    return (*LABELS, "abstain") if abstains else LABELS
+
+
+def csv_columns(ruleset: RuleSet, abstains: bool = False) -> list[str]:
+    """The CSV header: the jsonl fields, with one column per rule and score field."""
     cols = ["source", "line", "id", "status", "verdict", "flagged", "uncertain"]
     cols += ["route"] if ruleset.mode == "route" else []
-    cols += [f"{r.name}.{label}" for r in ruleset.rules for label in LABELS]
+    cols += [f"{r.name}.{field}" for r in ruleset.rules for field in score_fields(r, abstains)]
     return cols + ["truncated", "windows", "error", "text"]
 
 
 class CsvWriter:
     """The same fields as jsonl, flattened: one column per rule and label."""
 
-    def __init__(self, stream: IO[str], ruleset: RuleSet) -> None:
+    def __init__(self, stream: IO[str], ruleset: RuleSet, abstains: bool = False) -> None:
         self.stream = stream
-        self.writer = csv.DictWriter(stream, fieldnames=csv_columns(ruleset), lineterminator="\n",
+        self.writer = csv.DictWriter(stream, fieldnames=csv_columns(ruleset, abstains), lineterminator="\n",
                                      extrasaction="ignore")
         self.writer.writeheader()
 
@@ -97,15 +105,17 @@ class CsvWriter:
         self.flush()
 
 
-def make_writer(fmt: str, stream: IO[str], ruleset: RuleSet):
-    """The writer for `fmt` (jsonl, json or csv) on a text stream."""
+def make_writer(fmt: str, stream: IO[str], ruleset: RuleSet, abstains: bool = False):
+    """The writer for `fmt` (jsonl, json or csv) on a text stream; `abstains`: the NLI model has
+    abstention heads (CSV gets `RULE.abstain` columns)."""
     if fmt == "jsonl":
         return JsonlWriter(stream)
     if fmt == "json":
         return JsonWriter(stream)
     if fmt == "csv":
-        return CsvWriter(stream, ruleset)
+        return CsvWriter(stream, ruleset, abstains)
     raise ValueError(f"unknown format {fmt!r}: expected one of {', '.join(FORMATS)}")
 
 
-__all__ = ["FORMATS", "CsvWriter", "JsonWriter", "JsonlWriter", "csv_columns", "make_writer", "to_json", "where"]
+__all__ = ["FORMATS", "CsvWriter", "JsonWriter", "JsonlWriter", "csv_columns", "make_writer", "score_fields", "to_json",
+           "where"]

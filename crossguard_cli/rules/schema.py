@@ -19,21 +19,27 @@ from pathlib import Path
 from typing import Any
 
 from crossguard_cli.errors import RulesError, did_you_mean
+from crossguard_cli.rules.classifiers import ClassifierSpec, check_classifiers, check_nothing_else, check_rule_label
 from crossguard_cli.rules.yamlsafe import LineDict, LineList, YamlSyntaxError, from_python, load_yaml
 
 __all__ = [
-    "DEFAULT_RULES_SOURCE", "LABELS", "MODES", "Rule", "RuleSet", "check_hypothesis_lengths",
-    "default_rules_path", "load_rules", "parse_rules", "rules_from_mapping", "summarize",
+    "DEFAULT_ABSTAIN", "DEFAULT_RULES_SOURCE", "LABELS", "MODES", "PRESETS", "ClassifierSpec", "Rule", "RuleSet",
+    "check_hypothesis_lengths", "default_rules_path", "load_rules", "parse_rules", "preset_path",
+    "rules_from_mapping", "summarize",
 ]
 
 LABELS = ("entailment", "neutral", "contradiction")
 MODES = ("guard", "route")
 DEFAULT_RULES_SOURCE = "<default rules>"
+# Packaged rules files usable by name where a rules path is taken (a file of that name wins).
+PRESETS = {"default": "default_rules.yaml", "duoguard": "duoguard.yaml", "prompt-guard": "prompt_guard.yaml"}
 
-_TOP_KEYS = ("version", "model", "mode", "defaults", "rules")
-_DEFAULT_KEYS = ("threshold", "label", "margin")
-_RULE_KEYS = ("name", "hypothesis", "hypotheses", "label", "threshold", "margin", "description")
-_BUILTIN_DEFAULTS: dict[str, Any] = {"threshold": 0.5, "label": "entailment", "margin": 0.0}
+_TOP_KEYS = ("version", "model", "mode", "classifiers", "defaults", "rules")
+_DEFAULT_KEYS = ("threshold", "label", "margin", "abstain")
+_RULE_KEYS = ("name", "hypothesis", "hypotheses", "classifier", "label", "threshold", "margin", "abstain",
+              "description")
+_BUILTIN_DEFAULTS: dict[str, Any] = {"threshold": 0.5, "label": "entailment", "margin": 0.0, "abstain": None}
+DEFAULT_ABSTAIN = 0.5  # a rule of a model with abstention heads abstains at this uncertain probability
 _NAME_RE = re.compile(r"[a-z0-9_-]+")
 _NO_RULES = "no rules: add at least one rule under 'rules'"
 
@@ -57,6 +63,9 @@ class Rule:
     hypothesis_lines: tuple[int | None, ...] = ()
     hypothesis_key: str = "hypotheses"
     classifier: str | None = None
+    label_index: int | None = None  # a classifier rule's label given as a column index
+    label_line: int | None = None  # where a classifier rule's label is, for errors found at load
+    abstain: float | None = None  # set in the file: the model must have abstention heads
 
     @property
     def score_field(self) -> str:
@@ -74,6 +83,18 @@ class RuleSet:
     model: str | None = None
     version: int = 1
     source: str = DEFAULT_RULES_SOURCE
+    classifiers: tuple[ClassifierSpec, ...] = ()
+
+    @property
+    def nli_rules(self) -> tuple[Rule, ...]:
+        return tuple(r for r in self.rules if r.classifier is None)
+
+    def classifier(self, name: str) -> ClassifierSpec:
+        return next(c for c in self.classifiers if c.name == name)
+
+    def subset(self, rules: Sequence[Rule]) -> RuleSet:
+        """The same file's settings with only `rules` (one model's share of a mixed file)."""
+        return dataclasses.replace(self, rules=tuple(rules))
 
     def with_threshold(self, threshold: float) -> RuleSet:
         """Return a copy in which every rule uses `threshold` (the `--threshold` option)."""
@@ -88,20 +109,39 @@ class RuleSet:
         many rules share it."""
         return tuple(dict.fromkeys(h for rule in self.rules for h in rule.hypotheses))
 
+    @property
+    def used_classifiers(self) -> tuple[ClassifierSpec, ...]:
+        """The classifiers some rule uses, in file order: only these are loaded."""
+        used = {r.classifier for r in self.rules}
+        return tuple(c for c in self.classifiers if c.name in used)
+
 
 def default_rules_path() -> Path:
     """The packaged default rules (the same file as the repository's `rules.example.yaml`)."""
-    return Path(__file__).resolve().parents[1] / "data" / "default_rules.yaml"
+    return Path(__file__).resolve().parents[1] / "data" / PRESETS["default"]
+
+
+def preset_path(name: str) -> Path | None:
+    """The packaged preset called `name`, unless a file or folder of that name exists here."""
+    if name not in PRESETS or os.path.exists(name):
+        return None
+    return Path(__file__).resolve().parents[1] / "data" / PRESETS[name]
 
 
 def load_rules(path: str | os.PathLike[str] | None) -> RuleSet:
     """Read and validate a rules file; None means the packaged default rules.
 
+    A packaged preset's name (`default`, `duoguard`, `prompt-guard`) reads that preset, unless
+    a file of that name exists: the user's file wins.
+
     Raises:
         RulesError: the file cannot be read, is not UTF-8, or does not validate.
     """
+    preset = preset_path(os.fspath(path)) if path is not None else None
     if path is None:
         file, source = default_rules_path(), DEFAULT_RULES_SOURCE
+    elif preset is not None:
+        file, source = preset, f"<preset {os.fspath(path)}>"
     else:
         file, source = Path(os.fspath(path)), os.fspath(path)
     try:
@@ -172,7 +212,7 @@ def summarize(ruleset: RuleSet) -> list[dict[str, Any]]:
     """One row per rule, for `crossguard validate` to print."""
     return [
         {"name": r.name, "label": r.label, "threshold": r.threshold, "margin": r.margin,
-         "hypotheses": len(r.hypotheses)}
+         "hypotheses": len(r.hypotheses), "classifier": r.classifier}
         for r in ruleset.rules
     ]
 
@@ -202,14 +242,15 @@ class _Checker:
         return RulesError(f"{field}: {message}" if field else message,
                           where=f"{self.source}:{line}" if line else self.source)
 
-    def mapping(self, value: Any, field: str, line: int, allowed: Sequence[str], what: str) -> LineDict:
+    def mapping(self, value: Any, field: str, line: int | None, allowed: Sequence[str] | None,
+                what: str) -> LineDict:
         if not isinstance(value, LineDict):
             raise self.error(line, field, f"must be {what}, got {_show(value)}")
         if value.duplicates:
             key, first, again = value.duplicates[0]
             raise self.error(again, field, f"duplicate key '{key}' (lines {first} and {again}); keep one")
         for key in value:
-            if key not in allowed:
+            if allowed is not None and key not in allowed:
                 hint = _did_you_mean(key, allowed)
                 if not field and key in _DEFAULT_KEYS:
                     hint = f"; put it under 'defaults:' or in a rule (top-level keys: {', '.join(allowed)})"
@@ -243,13 +284,16 @@ class _Checker:
             raise self.error(line, field, f"must be a string, got {_show(value)}; put it in quotes")
         return value.strip()
 
-    def settings(self, block: LineDict, field: str, inherited: dict[str, Any]) -> dict[str, Any]:
-        """threshold / label / margin of `block`, falling back to `inherited`."""
+    def settings(self, block: LineDict, field: str, inherited: dict[str, Any],
+                 keys: Sequence[str] = _DEFAULT_KEYS) -> dict[str, Any]:
+        """threshold / label / margin / abstain of `block` (those of `keys`), falling back to `inherited`."""
         out = dict(inherited)
-        for key in (k for k in _DEFAULT_KEYS if k in block):
+        for key in (k for k in keys if k in block):
             value, path, line = block[key], f"{field}.{key}", block.key_lines[key]
             if key == "label":
                 out[key] = self.choice(value, path, line, LABELS)
+            elif key == "abstain":
+                out[key] = self.probability(value, path, line)
             else:
                 out[key] = self.probability(value, path, line, below_one=key == "margin")
         return out
@@ -267,10 +311,12 @@ class _Checker:
             raise self.error(lines["model"], "model", f"must be a model id or path, got {_show(model)}; "
                              "remove the key to use the default model")
         mode = self.choice(top["mode"], "mode", lines["mode"], MODES) if "mode" in top else "guard"
+        classifiers = check_classifiers(self, top["classifiers"], lines["classifiers"]) if "classifiers" in top \
+            else {}
         defaults = dict(_BUILTIN_DEFAULTS)
         if "defaults" in top:
             block = self.mapping(top["defaults"], "defaults", lines["defaults"], _DEFAULT_KEYS,
-                                 "a mapping of threshold, label and margin")
+                                 "a mapping of threshold, label, margin and abstain")
             defaults = self.settings(block, "defaults", defaults)
         items = top.get("rules")
         if items is None or (isinstance(items, LineList) and not items):
@@ -279,12 +325,13 @@ class _Checker:
             raise self.error(lines["rules"], "rules", f"must be a list of rules (each item starts "
                              f"with '- name:'), got {_show(items)}")
         seen: dict[str, tuple[int, int]] = {}
-        rules = tuple(self.rule(i, item, item_line, defaults, seen)
+        rules = tuple(self.rule(i, item, item_line, defaults, seen, classifiers)
                       for i, (item, item_line) in enumerate(zip(items, items.item_lines, strict=True)))
-        return RuleSet(rules=rules, mode=mode, model=model.strip() if model else None, source=self.source)
+        return RuleSet(rules=rules, mode=mode, model=model.strip() if model else None, source=self.source,
+                       classifiers=tuple(classifiers.values()))
 
     def rule(self, i: int, item: Any, line: int, defaults: dict[str, Any],
-             seen: dict[str, tuple[int, int]]) -> Rule:
+             seen: dict[str, tuple[int, int]], classifiers: dict[str, ClassifierSpec]) -> Rule:
         field = f"rules[{i}]"
         r = self.mapping(item, field, line, _RULE_KEYS, "a mapping with 'name' and 'hypothesis'")
         if "name" not in r:
@@ -301,18 +348,37 @@ class _Checker:
             raise self.error(name_line, f"{field}.name", f"duplicate rule name '{name}' (also rules[{j}]"
                              f"{at}); names must be unique")
         seen[name] = (i, name_line)
-        hypotheses = self.hypotheses(r, field, line)
         description = r.get("description")
         if description is not None and not isinstance(description, str):
             raise self.error(r.key_lines["description"], f"{field}.description",
                              f"must be a string, got {_show(description)}; put it in quotes")
         description = description.strip() or None if description else None
+        if "classifier" in r:
+            return self.classifier_rule(r, field, line, name, description, defaults, classifiers)
+        hypotheses = self.hypotheses(r, field, line)
         settings = self.settings(r, field, defaults)
         return Rule(name=name, hypotheses=tuple(h for h, _ in hypotheses),
                     label=settings["label"], threshold=settings["threshold"], margin=settings["margin"],
-                    description=description, line=line,
+                    abstain=settings["abstain"], description=description, line=line,
                     hypothesis_lines=tuple(n for _, n in hypotheses),
                     hypothesis_key="hypothesis" if "hypothesis" in r else "hypotheses")
+
+    def classifier_rule(self, r: LineDict, field: str, line: int, name: str, description: str | None,
+                        defaults: dict[str, Any], classifiers: dict[str, ClassifierSpec]) -> Rule:
+        """A rule on a trained classifier's column: `classifier:` + `label:`, threshold and margin."""
+        check_nothing_else(self, r, field)
+        which, key_line = r["classifier"], r.key_lines["classifier"]
+        if not isinstance(which, str) or which not in classifiers:
+            if not classifiers:
+                raise self.error(key_line, f"{field}.classifier", f"no classifier {_show(which)}: the file has no "
+                                 "'classifiers:' block; name the model there first")
+            raise self.error(key_line, f"{field}.classifier", f"unknown classifier {_show(which)}"
+                             f"{_did_you_mean(which, list(classifiers))}")
+        label, index = check_rule_label(self, r, field, line, classifiers[which])
+        settings = self.settings(r, field, defaults, keys=("threshold", "margin"))
+        return Rule(name=name, hypotheses=(), label=label, threshold=settings["threshold"],
+                    margin=settings["margin"], description=description, line=line, classifier=which,
+                    label_index=index, label_line=r.key_lines.get("label"))
 
     def hypotheses(self, r: LineDict, field: str, line: int) -> list[tuple[str, int]]:
         if "hypothesis" in r and "hypotheses" in r:

@@ -96,11 +96,21 @@ class MicroBatcher:
         max_queue: inputs allowed to wait.
         rules_path: the file a reload reads (None: the packaged rules).
         metrics: a `Metrics`, or None.
+        warm_up: score one prompt in the worker thread before `start` returns, so lazy
+            initialisation is paid before the first request.
+
+    Torch runs in the worker thread only: a second thread that has run torch's OpenMP kernels
+    (the main thread warming up, say) keeps a second OpenMP team alive, and with more OpenMP
+    threads than cores libgomp stops spinning between parallel regions: measured on a 2-core
+    CPU, one short pass took 34 ms instead of 18 ms (benchmarks/RESULTS.md, issue 18).
     """
 
     def __init__(self, guard: Guard, *, batch_wait_ms: float = 5.0, batch_tokens: int | None = None,
-                 max_queue: int = 512, rules_path: str | None = None, metrics: Any = None) -> None:
+                 max_queue: int = 512, rules_path: str | None = None, metrics: Any = None,
+                 warm_up: bool = False) -> None:
         self.guard = guard
+        self.warm_up = warm_up
+        self._warmed = threading.Event()
         self.rules_path = rules_path
         self.batch_wait = batch_wait_ms / 1000.0
         self.budget = batch_tokens or default_budget(guard)
@@ -121,7 +131,10 @@ class MicroBatcher:
     # -- the event loop's side -------------------------------------------------------------
 
     def start(self) -> None:
+        """Start the worker; with `warm_up`, return once it has scored its warm-up prompt."""
         self._thread.start()
+        if self.warm_up:
+            self._warmed.wait()
 
     @property
     def ready(self) -> bool:
@@ -192,6 +205,11 @@ class MicroBatcher:
 
     def _run(self) -> None:
         try:
+            if self.warm_up:
+                try:
+                    self.guard.check_many(["warm-up"])
+                finally:
+                    self._warmed.set()
             self._loop()
         except BaseException as exc:  # noqa: BLE001 - a bug in the worker: fail every waiting request closed
             log.error("the scoring worker failed: %s: %s; restart the service", type(exc).__name__,

@@ -147,7 +147,8 @@ def moderation_response(results: Sequence[Result], ruleset: RuleSet, model: str)
         out.append({
             "flagged": result.verdict == "flagged",
             "categories": {rule.name: rule.name in fired for rule in ruleset.rules},
-            "category_scores": {rule.name: round(scores[rule.name][rule.label] / 100.0, 6) for rule in ruleset.rules},
+            "category_scores": {rule.name: round(scores[rule.name][rule.score_field] / 100.0, 6)
+                                for rule in ruleset.rules},
             "category_applied_input_types": {rule.name: ["text"] for rule in ruleset.rules},
         })
     return {"id": f"modr-{uuid.uuid4().hex}", "model": model, "results": out}
@@ -161,7 +162,8 @@ def check_response(results: Sequence[Result], model: str) -> dict[str, Any]:
 def rules_response(ruleset: RuleSet, model: str, loaded_at: str) -> dict[str, Any]:
     """The rules in force: what `/v1/rules` shows (no prompt data)."""
     rules = [{"name": r.name, "label": r.label, "threshold": r.threshold, "margin": r.margin,
-              "hypotheses": list(r.hypotheses), "description": r.description} for r in ruleset.rules]
+              "hypotheses": list(r.hypotheses), "classifier": r.classifier, "description": r.description}
+             for r in ruleset.rules]
     return {"model": model, "source": ruleset.source, "mode": ruleset.mode, "loaded_at": loaded_at, "rules": rules}
 
 

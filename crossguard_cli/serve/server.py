@@ -72,12 +72,11 @@ def run(guard: Guard, sock: socket.socket, options: ServeOptions) -> int:
     Raises:
         ServeError: the server could not start.
     """
-    guard.check_many(["warm-up"])  # lazy initialisation is paid here, not by the first request
     holder: dict[str, MicroBatcher] = {}
     metrics = Metrics(queued=lambda: holder["batcher"].queued, model=guard.model_name)
     batcher = holder["batcher"] = MicroBatcher(
         guard, batch_wait_ms=options.batch_wait_ms, batch_tokens=options.batch_tokens, max_queue=options.max_queue,
-        rules_path=guard.options.rules, metrics=metrics)
+        rules_path=guard.options.rules, metrics=metrics, warm_up=True)
     service = Service(batcher, metrics, options)
     config = uvicorn.Config(build_app(service, options.api_key), lifespan="on", log_config=None, access_log=False,
                             ws="none", server_header=False, timeout_graceful_shutdown=options.drain_timeout)

@@ -52,14 +52,29 @@ def model_name(model: str | None, ruleset: RuleSet, rules_path: str | None) -> s
 
 
 def load_model(name: str, *, backend: str = "torch", revision: str | None = None, device: str = "auto",
-               dtype: str = "auto", max_length: int = 512, compile: bool = False):
+               dtype: str = "auto", max_length: int = 512, compile: bool = False, encoder: str | None = None):
     """Load `name` with `backend`; see `load_torch_model`, `load_runtime_model`, `load_openvino_model`.
+
+    A model whose files hold `task_heads.pt` (NLI heads with learned abstention on a plain
+    encoder) loads through `load_heads_model`, on torch only; `encoder` names its base encoder.
 
     Raises:
         ModelError: the model cannot be found, loaded or used.
-        UsageError: the device or dtype cannot be used with this backend here.
+        UsageError: the device or dtype cannot be used with this backend here, another backend
+            is asked for a heads model, or `encoder` is given for a model without heads.
     """
     quiet_libraries()
+    from crossguard_cli.engine.models.heads import HEADS_FILE, is_heads_model, load_heads_model
+
+    if is_heads_model(name, revision):
+        if backend != "torch":
+            raise UsageError(f"--backend {backend}: model {name!r} has learned-abstention heads ({HEADS_FILE}), "
+                             "which run on --backend torch only")
+        return load_heads_model(name, encoder=encoder, revision=revision, device=device, dtype=dtype,
+                                max_length=max_length, compile=compile)
+    if encoder:
+        raise UsageError(f"--encoder: names the base encoder of a model with learned-abstention heads "
+                         f"({HEADS_FILE}); model {name!r} has none")
     if backend == "torch":
         from crossguard_cli.engine.models.nli_torch import load_torch_model
 

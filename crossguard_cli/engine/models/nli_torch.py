@@ -56,6 +56,11 @@ class LoadedModel:
     def uses_token_types(self) -> bool:
         return "token_type_ids" in self.input_names
 
+    @property
+    def n_outputs(self) -> int:
+        """Logits columns of a forward pass."""
+        return int(getattr(self.module.config, "num_labels", 3))
+
     def logits(self, input_ids, attention_mask, token_type_ids):
         """Raw logits (model column order) of one padded batch of int64 arrays.
 
@@ -85,7 +90,7 @@ class LoadedModel:
         import torch
 
         with torch.inference_mode():
-            logits = torch.cat(parts) if parts else torch.zeros(0, 3, device=self.device)
+            logits = torch.cat(parts) if parts else torch.zeros(0, self.n_outputs, device=self.device)
             if self.device.type != "cuda":
                 host = logits.cpu()
                 return host.numpy
@@ -168,11 +173,11 @@ def load_torch_model(
         label_columns=columns,
         max_length=length,
         input_names=names,
-        compiled=_compiled(module) if compile else None,
+        compiled=compiled(module) if compile else None,
     )
 
 
-def _compiled(module):
+def compiled(module):
     """`torch.compile` of the model, shapes dynamic (every batch has its own length and size)."""
     import torch
 
