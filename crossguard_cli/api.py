@@ -100,6 +100,11 @@ class Guard:
         return self._scorer.model
 
     @property
+    def abstains(self) -> bool:
+        """Whether the NLI model has learned-abstention heads (its rules' scores carry `abstain`)."""
+        return any(getattr(m, "abstain_columns", None) for m in self.models)
+
+    @property
     def models(self) -> list:
         """Every model the rules use: the NLI model (if any rule needs it), then each classifier."""
         return list(getattr(self._scorer, "models", [self._scorer.model]))

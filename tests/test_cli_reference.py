@@ -38,7 +38,8 @@ def test_cli_reference_matches_help():
     text = CLI_DOC.read_text(encoding="utf-8")
     found = re.search(re.escape(BEGIN) + ".*?" + re.escape(END), text, flags=re.S)
     assert found, "docs/cli.md has no CLI reference block"
-    assert found.group(0) == reference(), "docs/cli.md CLI reference is stale: python tests/test_cli_reference.py --update"
+    assert found.group(0) == reference(), \
+        "docs/cli.md CLI reference is stale: python tests/test_cli_reference.py --update"
 
 
 def test_readme_links_the_cli_reference():

@@ -119,6 +119,16 @@ def test_model_surface(built):
     assert load_heads_model(str(built["heads"]), device="cpu", max_length=64).max_length == 64
 
 
+def test_heads_file_holds_the_cards_sequential_keys(built):
+    state = torch.load(built["heads"] / "task_heads.pt", weights_only=True)
+    assert sorted(state) == sorted([
+        "nli_hidden.0.weight", "nli_hidden.0.bias", "nli_hidden.1.weight", "nli_hidden.1.bias",
+        "nli_output.weight", "nli_output.bias",
+        "abstention_head.0.weight", "abstention_head.0.bias", "abstention_head.1.weight", "abstention_head.1.bias",
+        "abstention_head.4.weight", "abstention_head.4.bias"])
+    assert state["nli_hidden.0.weight"].shape == (512, 32) and state["abstention_head.0.weight"].shape == (128, 515)
+
+
 def test_dtype_applies_to_the_encoder_and_logits_stay_float32(built):
     model = load_heads_model(str(built["heads"]), device="cpu", dtype="bfloat16")
     assert model.dtype == torch.bfloat16
@@ -169,6 +179,13 @@ def test_config_json_beats_readme_and_hub_ids_pass_through(built, tmp_path):
     assert base_encoder(str(folder), None) == "answerdotai/ModernBERT-large"
 
 
+def test_a_missing_relative_encoder_folder_is_named_from_the_heads_folder(built, tmp_path):
+    folder = _heads_copy(built, tmp_path, {"base_model": "./gone"}, None)
+    with pytest.raises(ModelError) as err:
+        load_heads_model(str(folder), device="cpu")
+    assert str(folder / "gone") in str(err.value) and "\n" not in str(err.value)
+
+
 def test_missing_base_model_is_one_line(built, tmp_path):
     folder = _heads_copy(built, tmp_path, {"heads": "task_heads.pt"}, "# a card without front matter\n")
     with pytest.raises(ModelError) as err:
@@ -207,7 +224,7 @@ def test_a_pickle_that_needs_code_is_refused_and_never_run(built, tmp_path, monk
 
     control, target = tmp_path / "control-ran", tmp_path / "payload-ran"
     state = {"nli_hidden.0.weight": _Payload(str(target))}
-    folder = _heads_copy(built, tmp_path, {"base_model": str(built["encoder"])}, None)
+    folder = _heads_copy(built, tmp_path, {"base_model": "./no-such-encoder"}, None)  # refused before it is looked for
     if writer == "torch.save":
         torch.save(state, folder / "task_heads.pt")
         torch.save({"x": _Payload(str(control))}, tmp_path / "control.pt")

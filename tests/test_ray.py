@@ -274,3 +274,34 @@ def test_bad_or_unreachable_address_fails_fast_naming_it(run_cli, local_ray, mod
     assert code == 2 and f"--ray-address 127.0.0.1:{closed_port}: " in err
     silent.close()
     assert not (tmp_path / "o").exists()  # nothing written before the cluster answered
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_a_mixed_rules_file_gives_local_batchs_records(run_cli, local_ray, model_dir, classifier_dirs, tmp_path,
+                                                       moderation_records, fmt):
+    """NLI and classifier rules in one file, the classifiers' folders relative to it: shards == local batch."""
+    import shutil
+
+    from conftest import mixed_rules
+
+    here = tmp_path / "rules"
+    here.mkdir()
+    for name in ("qwen2", "qwen2-tokenizer", "bert"):
+        shutil.copytree(classifier_dirs[name], here / name)
+    text = mixed_rules(model_dir, {name: name for name in ("qwen2", "qwen2-tokenizer", "bert")})
+    (here / "rules.yaml").write_text(text)  # relative classifier folders, found beside the rules file
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"text": r["prompt"]}) + "\n" for r in moderation_records[:40]))
+    code, local, _ = run_cli("batch", "-r", str(here / "rules.yaml"), str(prompts), *COMMON)
+    assert code in (0, 1)
+    out = tmp_path / "out"
+    code, _, err = run_cli("batch", "--engine", "ray", "--output", str(out), "-r", str(here / "rules.yaml"),
+                           "--ray-actors", "1", "--ray-records-per-shard", "25", "--output-format", fmt, *COMMON,
+                           str(prompts))
+    assert code in (0, 1), err
+    want = [json.loads(line) for line in local.splitlines()]
+    got = read_shards(out)
+    if fmt == "parquet":  # a Parquet row's JSONL form leaves its null columns out
+        got = [{k: v for k, v in r.items() if v is not None or k == "line"} for r in got]
+    assert_same_records(got, want)
+    assert set(got[0]["scores"]["violent"]) == {"probability"}

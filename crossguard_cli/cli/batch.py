@@ -104,7 +104,7 @@ def batch(
                 on_screen = bar.enabled and sys.stdout.isatty()
                 writer = TableWriter(bar.console if on_screen else console(), guard.rules)
             else:
-                writer = make_writer(fmt, machine_stdout(), guard.rules)
+                writer = make_writer(fmt, machine_stdout(), guard.rules, guard.abstains)
             with closing(guard.stream_groups(records)) as groups:  # stops the reader if we stop early
                 for group in groups:
                     if _write_group(group, writer, tally, bar, abort=on_error == "abort"):

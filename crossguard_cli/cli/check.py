@@ -44,7 +44,7 @@ def check(
 
         writer = TableWriter(console(), guard.rules, detailed=True)
     else:
-        writer = make_writer(fmt, machine_stdout(), guard.rules)
+        writer = make_writer(fmt, machine_stdout(), guard.rules, guard.abstains)
     writer.write(out)
     writer.close()
     return 1 if result.verdict == "flagged" else 0

@@ -39,8 +39,8 @@ class Ensemble:
 
     @property
     def model(self):
-        """The first part's model (the NLI model when the file has NLI rules)."""
-        return self.parts[0].model
+        """The NLI model when the file has NLI rules, else the first classifier."""
+        return next((p.model for p in self.parts if getattr(p.model, "spec", None) is None), self.parts[0].model)
 
     @property
     def models(self) -> list:

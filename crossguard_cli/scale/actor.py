@@ -47,7 +47,8 @@ class ScoreChunks:
             records = decode(row["source"], row["payload"])
             # stream_groups, not check_many: tokenising the next group overlaps the model's work.
             results = [result.to_dict() for group in self.guard.stream_groups(records) for result in group]
-            shard = self.writer.write(row["file"], row["chunk"], encode_shard(results, self.fmt, self.ruleset)) \
+            shard = self.writer.write(row["file"], row["chunk"], encode_shard(results, self.fmt, self.ruleset,
+                                                                                self.guard.abstains)) \
                 if results else ""
             tally = Tally()
             errors = []

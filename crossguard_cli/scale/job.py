@@ -83,6 +83,7 @@ def run(spec: JobSpec, on_error: Callable[[str], None] | None = None) -> JobResu
 
     ruleset = resolve_rules(spec.engine.rules, spec.engine.threshold)
     options = _portable(spec.engine, ruleset)
+    ruleset = _portable_rules(ruleset, spec.engine.rules)
     files = inputs.expand(spec.paths)
     output = shards.output_spec(spec.output, spec.output_format)
     shards.check_empty(output, spec.output, overwrite=spec.overwrite)
@@ -115,6 +116,23 @@ def _portable(engine: EngineOptions, ruleset) -> EngineOptions:
     if os.path.isdir(name):
         name = os.path.abspath(name)
     return engine.replace(model=name, rules=None)
+
+
+def _portable_rules(ruleset, rules_path: str | None):
+    """The rules with each classifier's local folders made absolute (workers never see the rules file)."""
+    import dataclasses
+
+    from crossguard_cli.engine.models.classifier import beside_rules
+
+    def absolute(name: str | None) -> str | None:
+        if name is None:
+            return None
+        found = beside_rules(name, rules_path)
+        return os.path.abspath(found) if os.path.isdir(found) else name
+
+    specs = tuple(dataclasses.replace(c, model=absolute(c.model), tokenizer=absolute(c.tokenizer))
+                  for c in ruleset.classifiers)
+    return dataclasses.replace(ruleset, classifiers=specs)
 
 
 def _fits(resources: dict[str, float], gpus: float, cpus: float) -> int:

@@ -34,6 +34,7 @@ from crossguard_cli.engine.models.heads_files import (
     HEADS_FILE,
     NLI_LABELS,
     base_encoder,
+    check_width,
     read_heads,
     repo_file,
 )
@@ -174,12 +175,21 @@ def load_heads_model(
     torch_dtype = resolve_dtype(dtype, device)
     check_model_name(name)
     heads_path = repo_file(name, HEADS_FILE, revision, optional=False)
+    state = read_heads(heads_path)  # refused before any encoder is fetched
     encoder_name = encoder or base_encoder(name, revision)
-    check_model_name(encoder_name)
+    try:
+        check_model_name(encoder_name)
+    except ModelError:
+        named = "--encoder" if encoder else f"base_model in {name}'s config.json or README.md"
+        raise ModelError(f"no such base encoder folder: {encoder_name} (named by {named}); give a folder or a hub "
+                         "id like ORG/NAME") from None
     model, tokenizer = _load_encoder(encoder_name, torch_dtype)
     require_fast_tokenizer(tokenizer, encoder_name)
     width = getattr(model.config, "hidden_size", None)
-    layers = build_heads(read_heads(heads_path, width))
+    if not isinstance(width, int):
+        raise ModelError(f"base encoder {encoder_name!r} has no hidden_size in its config; is it an encoder?")
+    check_width(state, width, heads_path)
+    layers = build_heads(state)
     model.eval()
     net = _heads_net(model, layers).to(device).eval()
     limit = model_limit(tokenizer, model.config)

@@ -9,7 +9,7 @@ the file and, for the state dict, the key.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, NoReturn
 
 from crossguard_cli.engine.models.files import load_cached_first, load_failure
 from crossguard_cli.errors import ModelError
@@ -103,8 +103,10 @@ def base_encoder(name: str, revision: str | None) -> str:
             raise ModelError(f"cannot read it: {reason}", where=path) from None
         found = _named_base(data.get("base_model") if isinstance(data, dict) else None, path)
         if found:
-            beside = os.path.join(os.path.dirname(path), os.path.expanduser(found))
-            return beside if not os.path.isabs(found) and os.path.isdir(beside) else found
+            found = os.path.expanduser(found)
+            beside = os.path.normpath(os.path.join(os.path.dirname(path), found))
+            pathlike = found.startswith(".") or found.count("/") > 1  # never a hub id: a missing folder
+            return found if os.path.isabs(found) or not (os.path.isdir(beside) or pathlike) else beside
     raise ModelError(f"model {name!r} has {HEADS_FILE} but names no base encoder: add \"base_model\" to its "
                      "config.json (or README.md front matter), or give --encoder ID_OR_PATH")
 
@@ -130,12 +132,13 @@ def expected_shapes(state: dict[str, Any], width: int | None) -> dict[str, tuple
     }
 
 
-def read_heads(path: str, width: int | None) -> dict[str, Any]:
+def read_heads(path: str, width: int | None = None) -> dict[str, Any]:
     """Read `task_heads.pt` without running code and check it holds exactly the card's heads.
 
     Args:
         path: the heads file.
-        width: the encoder's hidden size (the first Linear's in-features).
+        width: the encoder's hidden size (the first Linear's in-features); None: not checked
+            yet (the heads are read before a large encoder is fetched; see `check_width`).
 
     Raises:
         ModelError: the file needs code to load, cannot be read, or has a missing, unexpected
@@ -172,12 +175,23 @@ def read_heads(path: str, width: int | None) -> dict[str, Any]:
             kind = str(value.dtype) if isinstance(value, torch.Tensor) else type(value).__name__
             raise ModelError(f"key {key!r} holds {kind}, expected a floating-point tensor", where=path)
         if tuple(value.shape) != shapes[key]:
-            why = (f" (its in-features must be the encoder's hidden size, {width}: is the base encoder the one "
-                   "these heads were trained on?)" if key == "nli_hidden.0.weight" else "")
-            raise ModelError(f"key {key!r} has shape {list(value.shape)}, expected {list(shapes[key])}{why}",
-                             where=path)
+            _wrong_shape(key, value.shape, shapes[key], width, path)
     return state
 
 
-__all__ = ["ABSTAIN_LABELS", "HEADS_FILE", "NLI_LABELS", "base_encoder", "expected_shapes", "read_heads",
-           "repo_file"]
+def check_width(state: dict[str, Any], width: int, path: str) -> None:
+    """The first Linear's in-features against the encoder's hidden size, once the encoder is loaded."""
+    key = "nli_hidden.0.weight"
+    shape = tuple(state[key].shape)
+    if shape[1] != width:
+        _wrong_shape(key, shape, (shape[0], width), width, path)
+
+
+def _wrong_shape(key: str, shape, expected, width: int | None, path: str) -> NoReturn:
+    why = (f" (its in-features must be the encoder's hidden size, {width}: is the base encoder the one these "
+           "heads were trained on?)" if key == "nli_hidden.0.weight" and width else "")
+    raise ModelError(f"key {key!r} has shape {list(shape)}, expected {list(expected)}{why}", where=path)
+
+
+__all__ = ["ABSTAIN_LABELS", "HEADS_FILE", "NLI_LABELS", "base_encoder", "check_width", "expected_shapes",
+           "read_heads", "repo_file"]

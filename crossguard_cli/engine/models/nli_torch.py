@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -43,14 +43,14 @@ class LoadedModel:
     """
 
     name: str
-    tokenizer: Any
-    module: Any
+    tokenizer: Any = field(repr=False)
+    module: Any = field(repr=False)
     device: Any
     dtype: Any
     label_columns: tuple[int, int, int]
     max_length: int
     input_names: tuple[str, ...]
-    compiled: Any = None
+    compiled: Any = field(default=None, repr=False)
 
     @property
     def uses_token_types(self) -> bool:
