@@ -36,7 +36,7 @@ class Guard:
             None for the packaged default rules.
         model: hub id or local folder; None: the rules file's `model:`, else the default model.
         revision, device, dtype, backend, batch_size, max_length, max_chars, long_input,
-            threshold, compile: as the CLI options of the same names (`crossguard check --help`).
+            threshold, compile, encoder: as the CLI options of the same names (`crossguard check --help`).
 
     Raises:
         UsageError: an option value is out of range.
@@ -63,12 +63,13 @@ class Guard:
         long_input: str = "window",
         threshold: float | None = None,
         compile: bool = False,
+        encoder: str | None = None,
     ) -> None:
         rules_path = None if rules is None or isinstance(rules, (Mapping, RuleSet)) else os.fspath(rules)
         options = EngineOptions(rules=rules_path, model=model, revision=revision, device=device, dtype=dtype,
                                 backend=backend, batch_size=batch_size, max_length=max_length,
                                 max_chars=max_chars, long_input=long_input, threshold=threshold,
-                                compile=compile).check()
+                                compile=compile, encoder=encoder).check()
         self._setup(options, resolve_rules(rules, threshold))
 
     @classmethod

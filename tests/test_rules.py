@@ -243,8 +243,8 @@ def test_summarize(write) -> None:
             margin: 0.1
         """)
     assert summarize(ruleset) == [
-        {"name": "a", "label": "neutral", "threshold": 0.5, "margin": 0.0, "hypotheses": 2},
-        {"name": "b", "label": "entailment", "threshold": 0.8, "margin": 0.1, "hypotheses": 1},
+        {"name": "a", "label": "neutral", "threshold": 0.5, "margin": 0.0, "hypotheses": 2, "classifier": None},
+        {"name": "b", "label": "entailment", "threshold": 0.8, "margin": 0.1, "hypotheses": 1, "classifier": None},
     ]
 
 
@@ -314,10 +314,10 @@ def test_bad_defaults_values_name_the_defaults_field(error) -> None:
         ("defaults:\n  treshold: 0.3\nrules: [{name: a, hypothesis: A.}]\n",
          "rules.yaml:2: defaults.treshold: unknown key; did you mean 'threshold'?"),
         ("rules: [{name: a, hypothesis: A.}]\nbanana: 1\n",
-         "rules.yaml:2: banana: unknown key; expected one of: version, model, mode, defaults, rules"),
+         "rules.yaml:2: banana: unknown key; expected one of: version, model, mode, classifiers, defaults, rules"),
         ("threshold: 0.3\nrules: [{name: a, hypothesis: A.}]\n",
          "rules.yaml:1: threshold: unknown key; put it under 'defaults:' or in a rule "
-         "(top-level keys: version, model, mode, defaults, rules)"),
+         "(top-level keys: version, model, mode, classifiers, defaults, rules)"),
         # enum values
         ("rules:\n  - name: a\n    hypothesis: A.\n    label: entailmnet\n",
          "rules.yaml:4: rules[0].label: must be one of entailment, neutral, contradiction, "
@@ -386,7 +386,7 @@ def test_bad_defaults_values_name_the_defaults_field(error) -> None:
         ("rules:\n  - weapons\n",
          "rules.yaml:2: rules[0]: must be a mapping with 'name' and 'hypothesis', got 'weapons'"),
         ("defaults: 0.5\nrules: [{name: a, hypothesis: A.}]\n",
-         "rules.yaml:1: defaults: must be a mapping of threshold, label and margin, got 0.5"),
+         "rules.yaml:1: defaults: must be a mapping of threshold, label, margin and abstain, got 0.5"),
     ],
 )
 def test_errors_name_file_line_and_field(error, text: str, expected: str) -> None:

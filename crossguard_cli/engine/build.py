@@ -16,7 +16,7 @@ from crossguard_cli.rules import ClassifierSpec, RuleSet
 
 
 def nli_key(name: str, options: EngineOptions) -> tuple:
-    return ("nli", name, options.revision, getattr(options, "encoder", None))
+    return ("nli", name, options.revision, options.encoder)
 
 
 def classifier_key(spec: ClassifierSpec, rules_path: str | None) -> tuple:
@@ -52,10 +52,9 @@ def build_scorer(ruleset: RuleSet, options: EngineOptions, loaded: dict[tuple, A
         nli_name = model_name(options.model, ruleset, options.rules)
         key = nli_key(nli_name, options)
         if key not in loaded:
-            extra = {"encoder": options.encoder} if getattr(options, "encoder", None) else {}
             loaded[key] = load_model(nli_name, backend=options.backend, revision=options.revision,
                                      device=options.device, dtype=options.dtype, max_length=options.max_length,
-                                     compile=options.compile, **extra)
+                                     compile=options.compile, encoder=options.encoder)
         model = loaded[key]
         _check_abstain(ruleset, model)
         parts.append(Scorer(model, ruleset.subset(nli_rules), **common))
@@ -87,7 +86,8 @@ def _check_abstain(ruleset: RuleSet, model) -> None:
         return
     for i, rule in enumerate(ruleset.rules):
         if rule.abstain is not None and rule.classifier is None:
-            where = f"{ruleset.source}:{rule.line}" if rule.line else ruleset.source
+            line = rule.abstain_line or rule.line
+            where = f"{ruleset.source}:{line}" if line else ruleset.source
             raise RulesError(f"rules[{i}].abstain: model {model.name} has no abstention heads, so a rule cannot "
                              "abstain; remove 'abstain' (or use a learned-abstention model)", where=where)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from crossguard_cli.rules import Rule, RuleSet
+from crossguard_cli.rules import DEFAULT_ABSTAIN, Rule, RuleSet
 
 
 def percent(p: float) -> float:
@@ -43,17 +43,32 @@ def state(prob: float, threshold: float, margin: float) -> str:
     return "clear"
 
 
-def rule_state(rule: Rule, prob: float) -> str:
-    """'fired', 'uncertain' or 'clear' for one rule given its deciding-label probability."""
+def abstains(rule: Rule, abstain: float | None) -> bool:
+    """Whether the abstention head's uncertain probability (0-1) reaches the rule's `abstain`
+    threshold (default 0.5), compared on printed percentages as every threshold is."""
+    if abstain is None:
+        return False
+    limit = rule.abstain if rule.abstain is not None else DEFAULT_ABSTAIN
+    return percent(abstain) >= round(limit * 100.0, 6)
+
+
+def rule_state(rule: Rule, prob: float, abstain: float | None = None) -> str:
+    """'fired', 'uncertain' or 'clear' for one rule given its deciding-label probability; a rule
+    whose deciding pair abstains is 'uncertain' whatever its probability (it never fires)."""
+    if abstains(rule, abstain):
+        return "uncertain"
     return state(prob, rule.threshold, rule.margin)
 
 
-def decide(ruleset: RuleSet, probs: Mapping[str, float]) -> Decision:
+def decide(ruleset: RuleSet, probs: Mapping[str, float], abstain: Mapping[str, float | None] | None = None
+           ) -> Decision:
     """Decide a prompt from each rule's deciding-label probability (0-1).
 
     Args:
         ruleset: the rules, in file order (order breaks ties in route mode).
         probs: rule name -> probability of that rule's deciding label.
+        abstain: rule name -> the abstention head's uncertain probability of its deciding pair
+            (a model with learned-abstention heads), else None.
 
     Returns:
         The verdict (`flagged` when any rule fired, else `uncertain` when any rule sits
@@ -63,7 +78,7 @@ def decide(ruleset: RuleSet, probs: Mapping[str, float]) -> Decision:
     flagged, uncertain = [], []
     route, route_pct = None, -1.0
     for rule in ruleset.rules:
-        state = rule_state(rule, probs[rule.name])
+        state = rule_state(rule, probs[rule.name], abstain.get(rule.name) if abstain else None)
         if state == "fired":
             flagged.append(rule.name)
             pct = percent(probs[rule.name])

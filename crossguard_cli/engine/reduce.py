@@ -27,13 +27,18 @@ class RuleScore(NamedTuple):
     neutral: float
     contradiction: float
     hypothesis: int = 0
+    abstain: float | None = None  # the abstention head's uncertain probability of the same pair
 
     def prob(self, label: str) -> float:
         return getattr(self, label)
 
     def fields(self) -> dict[str, float]:
-        """The record's fields of this score: E/N/C probabilities (0-1)."""
-        return {"entailment": self.entailment, "neutral": self.neutral, "contradiction": self.contradiction}
+        """The record's fields of this score: E/N/C probabilities (0-1), and `abstain` when the
+        model has abstention heads."""
+        out = {"entailment": self.entailment, "neutral": self.neutral, "contradiction": self.contradiction}
+        if self.abstain is not None:
+            out["abstain"] = self.abstain
+        return out
 
 
 class ClassScore(NamedTuple):
@@ -80,7 +85,8 @@ def best_scores(ruleset: RuleSet, n_prompts: int, prompt: np.ndarray, hypothesis
         ruleset: the rules; hypothesis indices are positions in `ruleset.hypotheses`.
         n_prompts: prompts in the group.
         prompt, hypothesis: per pair, whose it is; pairs of one (prompt, hypothesis) in window order.
-        probs: per pair, E/N/C probabilities.
+        probs: per pair, E/N/C probabilities, and a 4th column (the abstention head's uncertain
+            probability) that travels with the chosen pair but never chooses it.
         failed: per pair, whether it could not be scored.
         cut: per prompt, whether windows were dropped (truncation).
         dtype: the model's dtype, named in the non-finite error.
@@ -103,13 +109,14 @@ def best_scores(ruleset: RuleSet, n_prompts: int, prompt: np.ndarray, hypothesis
     windows[cell[starts]] = counts
     run_of = np.repeat(np.arange(len(starts)), counts)
     clean = np.where(usable[:, None], probs, -1.0)  # a prompt with an unusable pair is an error anyway
-    best = np.full((n_prompts * n_hyp, 3, 3), -1.0)  # [prompt x hypothesis, deciding label, E/N/C]
+    width = probs.shape[1]
+    best = np.full((n_prompts * n_hyp, 3, width), -1.0)  # [prompt x hypothesis, deciding label, E/N/C(/U)]
     for lab in range(3):
         top = np.maximum.reduceat(clean[:, lab], starts) if n_pairs else np.zeros(0)
         hit = np.flatnonzero(clean[:, lab] == top[run_of])
         first = hit[np.r_[True, run_of[hit[1:]] != run_of[hit[:-1]]]] if len(hit) else hit  # earliest best window
         best[cell[first], lab] = clean[first]
-    best = best.reshape(n_prompts, n_hyp, 3, 3)
+    best = best.reshape(n_prompts, n_hyp, 3, width)
     names, columns = [], []
     rows = np.arange(n_prompts)
     for rule in ruleset.rules:
@@ -118,8 +125,9 @@ def best_scores(ruleset: RuleSet, n_prompts: int, prompt: np.ndarray, hypothesis
         pos = np.argmax(best[:, idx, lab, lab], axis=1)  # first best hypothesis on a tie
         enc = best[rows, idx[pos], lab]
         names.append(rule.name)
+        abstain = enc[:, 3].tolist() if width > 3 else [None] * n_prompts
         columns.append(list(map(RuleScore, enc[:, 0].tolist(), enc[:, 1].tolist(), enc[:, 2].tolist(),
-                                pos.tolist())))
+                                pos.tolist(), abstain)))
     k = windows.reshape(n_prompts, n_hyp).max(axis=1, initial=1).tolist()
     results = []
     for p, scores in enumerate(zip(*columns, strict=True) if columns else [()] * n_prompts):

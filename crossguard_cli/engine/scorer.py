@@ -278,10 +278,15 @@ class Scorer(WindowScorer):
                          batch_size=batch_size, batch_tokens=batch_tokens)
 
     def reduce(self, prepared: Prepared, logits: np.ndarray, failed: np.ndarray) -> list[PromptScores]:
-        """Softmax over E/N/C (found by name), then each rule's best window and hypothesis."""
+        """Softmax over E/N/C (found by name), then each rule's best window and hypothesis; with
+        abstention heads, the uncertain probability of that same pair rides along."""
         plan = prepared.plan
-        return best_scores(self.ruleset, len(prepared.unique), plan.prompt, plan.hypothesis,
-                           softmax(logits[:, list(self.model.label_columns)]), failed, plan.cut, self.model.dtype)
+        probs = softmax(logits[:, list(self.model.label_columns)])
+        heads = getattr(self.model, "abstain_columns", None)
+        if heads:
+            probs = np.column_stack((probs, softmax(logits[:, list(heads)])[:, 1]))
+        return best_scores(self.ruleset, len(prepared.unique), plan.prompt, plan.hypothesis, probs, failed,
+                           plan.cut, self.model.dtype)
 
 
 def pad_id(tokenizer) -> int:

@@ -101,8 +101,11 @@ def records_for(scorer: Scorer, group: list[Record], scores: list[PromptScores])
             if scores.error:
                 out.append(error_record(rec, scores.error))
                 continue
-            probs = {rule.name: scores.rules[rule.name].prob(rule.score_field) for rule in scorer.ruleset.rules}
-            out.append(scored_record(rec, scorer.ruleset, scores, decide(scorer.ruleset, probs)))
+            rules = scorer.ruleset.rules
+            probs = {rule.name: scores.rules[rule.name].prob(rule.score_field) for rule in rules}
+            heads = {rule.name: getattr(scores.rules[rule.name], "abstain", None) for rule in rules}
+            decision = decide(scorer.ruleset, probs, heads if any(v is not None for v in heads.values()) else None)
+            out.append(scored_record(rec, scorer.ruleset, scores, decision))
     return out
 
 

@@ -66,6 +66,7 @@ class Rule:
     label_index: int | None = None  # a classifier rule's label given as a column index
     label_line: int | None = None  # where a classifier rule's label is, for errors found at load
     abstain: float | None = None  # set in the file: the model must have abstention heads
+    abstain_line: int | None = None  # where it was set (the rule's key, or defaults')
 
     @property
     def score_field(self) -> str:
@@ -318,6 +319,7 @@ class _Checker:
             block = self.mapping(top["defaults"], "defaults", lines["defaults"], _DEFAULT_KEYS,
                                  "a mapping of threshold, label, margin and abstain")
             defaults = self.settings(block, "defaults", defaults)
+            defaults["abstain_line"] = block.key_lines.get("abstain")
         items = top.get("rules")
         if items is None or (isinstance(items, LineList) and not items):
             raise self.error(lines.get("rules", line), "", _NO_RULES)
@@ -360,6 +362,7 @@ class _Checker:
         return Rule(name=name, hypotheses=tuple(h for h, _ in hypotheses),
                     label=settings["label"], threshold=settings["threshold"], margin=settings["margin"],
                     abstain=settings["abstain"], description=description, line=line,
+                    abstain_line=r.key_lines.get("abstain") or defaults.get("abstain_line"),
                     hypothesis_lines=tuple(n for _, n in hypotheses),
                     hypothesis_key="hypothesis" if "hypothesis" in r else "hypotheses")
 

@@ -115,7 +115,10 @@ def _portable(engine: EngineOptions, ruleset) -> EngineOptions:
     name = model_name(engine.model, ruleset, engine.rules)
     if os.path.isdir(name):
         name = os.path.abspath(name)
-    return engine.replace(model=name, rules=None)
+    encoder = engine.encoder
+    if encoder and os.path.isdir(encoder):
+        encoder = os.path.abspath(encoder)
+    return engine.replace(model=name, rules=None, encoder=encoder)
 
 
 def _portable_rules(ruleset, rules_path: str | None):
