@@ -48,16 +48,26 @@ def groups(records: Iterable[Record], size: int, idle: float = 0.02, first: int 
     With `first`, the first group holds at most `first` records and each next one twice as many,
     up to `size`: the first results (and the device's first batch) come sooner. Setting `cancel`
     ends the groups even while the input is quiet (the iterating thread must not wait forever).
+
+    A record that arrives after the input was quiet for longer than `idle` (a lone line of a
+    `tail -f`) is grouped with what is already queued and yielded at once: waiting `idle` for
+    company that is not coming would only add `idle` to its latency (issue 18). The first group
+    always waits, so the start of a file is never cut into a group of one.
     """
+    import time
+
     limit = min(size, first or size)
     q: queue.Queue = queue.Queue(maxsize=max(2 * size, 64))
     stop = threading.Event()
     thread = threading.Thread(target=_reader, args=(records, q, stop), daemon=True, name="crossguard-reader")
     thread.start()
     try:
-        done = False
+        done, started = False, False
         while not done:
+            waited = time.monotonic()
             item = take(q, cancel)
+            wait = 0.0 if started and time.monotonic() - waited > idle else idle  # quiet: no waiting
+            started = True
             group: list[Record] = []
             while True:
                 if item is END:
@@ -71,7 +81,7 @@ def groups(records: Iterable[Record], size: int, idle: float = 0.02, first: int 
                 if len(group) >= limit:
                     break
                 try:
-                    item = q.get(timeout=idle)
+                    item = q.get(timeout=wait) if wait else q.get_nowait()
                 except queue.Empty:
                     break
             if group:
