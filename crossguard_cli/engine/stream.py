@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import closing
 from typing import Any
@@ -54,8 +55,6 @@ def groups(records: Iterable[Record], size: int, idle: float = 0.02, first: int 
     company that is not coming would only add `idle` to its latency (issue 18). The first group
     always waits, so the start of a file is never cut into a group of one.
     """
-    import time
-
     limit = min(size, first or size)
     q: queue.Queue = queue.Queue(maxsize=max(2 * size, 64))
     stop = threading.Event()
