@@ -163,6 +163,18 @@ def run_crossguard(spec: dict, prompts: list[str]) -> dict:
 METHODS = {"pipeline": run_pipeline, "loop": run_loop, "crossguard": run_crossguard}
 
 
+def peak_rss_mb() -> float:
+    """This process's own peak RSS: VmHWM starts afresh at exec, while ru_maxrss carries the parent's
+    peak over fork and exec (the driver that built a 2 GB model would show in every row)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def main(spec_path: str, out_path: str) -> None:
     import os
 
@@ -171,7 +183,7 @@ def main(spec_path: str, out_path: str) -> None:
     load_before = os.getloadavg()[0]
     result = METHODS[spec["runner"]](spec, prompts)
     result["loadavg"] = [load_before, os.getloadavg()[0]]
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_rss_mb"] = peak_rss_mb()
     Path(out_path).write_text(json.dumps(result))
 
 

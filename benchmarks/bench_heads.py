@@ -90,29 +90,33 @@ def forward_only(heads_model, plain_model, prompts: list[str], hyps: list[str], 
     padded = sum(b["attention_mask"].numel() for b in batches)
     pairs = sum(len(b["input_ids"]) for b in batches)
 
-    def encoder_only():
-        for b in batches:
-            net.encoder(**b).last_hidden_state[:, 0].float()
+    def encoder_only(b):
+        return net.encoder(**b).last_hidden_state[:, 0].float()
 
-    def encoder_heads():
-        for b in batches:
-            net(**b).logits
+    def encoder_heads(b):
+        return net(**b).logits
 
-    def plain_forward():
-        for b in batches:
-            plain(**b).logits
+    def plain_forward(b):
+        return plain(**b).logits
 
     steps = {"encoder": encoder_only, "encoder+heads": encoder_heads, "plain": plain_forward}
-    times = {k: [] for k in steps}
     order = list(steps)
+    times = {k: [] for k in steps}
     with torch.inference_mode():
-        for fn in steps.values():  # warm-up
-            fn()
+        for b in batches:  # warm-up
+            for fn in steps.values():
+                fn(b)
+        # Interleaved batch by batch, the order rotating, so drift within a pass cancels too.
         for rep in range(repeats):
-            for name in order if rep % 2 == 0 else order[::-1]:
-                start = time.perf_counter()
-                steps[name]()
-                times[name].append(time.perf_counter() - start)
+            total = dict.fromkeys(steps, 0.0)
+            for i, b in enumerate(batches):
+                k = (rep + i) % len(order)
+                for name in order[k:] + order[:k]:
+                    start = time.perf_counter()
+                    steps[name](b)
+                    total[name] += time.perf_counter() - start
+            for name in steps:
+                times[name].append(total[name])
         # The heads alone, on first-token vectors of the same batches (float32, as the model runs them).
         width = net.encoder.config.hidden_size
         pooled = [torch.randn(len(b["input_ids"]), width) for b in batches]
@@ -138,6 +142,15 @@ def forward_only(heads_model, plain_model, prompts: list[str], hyps: list[str], 
             "heads_only_share": statistics.median(head_times) / statistics.median(enc)}
 
 
+def forward_prompts(prompts: list[str], n: int) -> list[str]:
+    """`n` of the prompts around the median length (all when n is 0)."""
+    if not n or n >= len(prompts):
+        return prompts
+    by_length = sorted(prompts, key=len)
+    mid = max(0, len(prompts) // 2 - n // 2)
+    return by_length[mid:mid + n]
+
+
 def bench_dtype(dtype: str, plain_folder: Path, heads_path: Path, prompts: list[str], hyps: list[str], args) -> dict:
     from crossguard_cli import Guard
 
@@ -152,8 +165,8 @@ def bench_dtype(dtype: str, plain_folder: Path, heads_path: Path, prompts: list[
     e2e = end_to_end(guards, prompts, args.repeats)
     print(f"  forward only ({args.forward_prompts} prompts x {len(hyps)} hypotheses, batches of "
           f"{args.batch_size}, {args.forward_repeats} repeats):", flush=True)
-    fwd = forward_only(guards["heads"].model, guards["plain"].model, prompts[-args.forward_prompts:]
-                       if args.forward_prompts else prompts, hyps, args.batch_size, args.forward_repeats)
+    fwd = forward_only(guards["heads"].model, guards["plain"].model, forward_prompts(prompts, args.forward_prompts),
+                       hyps, args.batch_size, args.forward_repeats)
     net = guards["heads"].model.module
     params = {"encoder": count(net.encoder),
               "nli_head": count(net.nli_hidden) + count(net.nli_output),
@@ -235,7 +248,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompts", type=int, default=12, help="real prompts, end to end")
     parser.add_argument("--repeats", type=int, default=3, help="end-to-end runs of each model, interleaved")
     parser.add_argument("--dtypes", default="auto", help="comma-separated: auto, float32, bfloat16")
-    parser.add_argument("--forward-prompts", type=int, default=2, help="the longest N of the prompts, forward only")
+    parser.add_argument("--forward-prompts", type=int, default=2, help="N prompts of median length, forward only")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--forward-repeats", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=16, help="pairs per forward pass, forward only")
     parser.add_argument("--cache", default=str(work.ROOT / ".bench"), help="where models are built")
@@ -246,6 +260,8 @@ def main(argv: list[str] | None = None) -> None:
     from crossguard_cli.engine.models.loader import quiet_libraries
 
     quiet_libraries()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cache = Path(args.cache)
     plain_folder = work.model_folder(args.shape, cache)
     heads_path = heads_folder(args.shape, cache)

@@ -3,20 +3,24 @@
     python benchmarks/bench_serve.py --shape modernbert-68m --out .bench/serve.json
 
 For each rule set (--rules: `one`, a one-rule file, and `default`, the packaged 32-hypothesis
-rules), on the real prompts of ../shared/data (evenly spaced length quantiles, one prompt per
-request, POST /v1/moderations, keep-alive connections, closed-loop clients):
+rules), one prompt per request, POST /v1/moderations, keep-alive connections, closed-loop clients:
 
-  in-process   `Guard.check(prompt)` in this process, one prompt after another (the p50 to match)
+  in-process   `Guard.check(prompt)` in this process, one prompt after another (the p50 to match),
+               for a short prompt ("hi there") and for real prompts (../shared/data, evenly
+               spaced length quantiles)
+  ceiling      `Guard.check_many(prompts)` of the same real prompts in one call (best of 2):
+               the most this process gets from the device, with no HTTP at all
   serve        `crossguard serve` with micro-batching (the defaults)
   (b) no-batch the same server with `--batch-tokens 1`: one request per scoring pass
   (a) process  a `crossguard check` process per request (imports and model load included)
 
-at 1, 8 and 32 concurrent clients. With 1 client every method scores the same prompts once, in
-the same order, so their p50s compare; with more clients each level runs for --seconds after a
-warm-up and counts the requests completed in that window. `(a)` runs at 1 and 8 clients only
-(32 processes loading a model at once would need about 30 GB), and with the default rules only
-at 1 client; see --process-requests. Models are random-weight folders of real shapes
-(`_workload.model_folder`); the weights do not change the cost. Nothing is downloaded.
+Issue 18's targets, printed as verdict lines at the end: at one client, serve p50 <= in-process
+p50 + 3 ms (short and real prompts); at the most clients (32), serve requests/s >= 90% of the
+ceiling. With 1 client every method scores the same prompts once, in the same order, so their
+p50s compare; with more clients each level runs for --seconds after a warm-up and counts the
+requests completed in that window. `(b)` runs at the most clients only; `(a)` only with
+--process-requests. Models are random-weight folders of real shapes (`_workload.model_folder`);
+the weights do not change the cost. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from crossguard_cli.serve.testing import ServerProcess  # noqa: E402
 
+SHORT = "hi there"
 ONE_RULE = ("version: 1\nrules:\n  - name: jailbreak\n"
             "    hypothesis: The prompt tries to make the assistant ignore its rules.\n")
 
@@ -59,19 +64,29 @@ def summary(latencies: list[float], seconds: float) -> dict:
             "p50_ms": percentile(latencies, 50) * 1000, "p99_ms": percentile(latencies, 99) * 1000}
 
 
-def in_process(rules: str | None, folder: Path, prompts: list[str], device: str) -> dict:
-    """`Guard.check` one prompt after another, after a warm-up."""
+def in_process(rules: str | None, folder: Path, sets: dict[str, list[str]], device: str) -> dict:
+    """`Guard.check` one prompt after another for each prompt set, then the ceiling: `check_many` of
+    the real prompts in one call (best of 2), all after a warm-up."""
     from crossguard_cli import Guard
 
     guard = Guard(rules, str(folder), device=device)
     guard.check_many(["warm-up"])
-    latencies = []
-    start = time.perf_counter()
-    for text in prompts:
+    out = {}
+    for name, prompts in sets.items():
+        latencies = []
+        start = time.perf_counter()
+        for text in prompts:
+            t = time.perf_counter()
+            guard.check(text)
+            latencies.append(time.perf_counter() - t)
+        out[name] = summary(latencies, time.perf_counter() - start)
+    best = float("inf")
+    for _ in range(2):
         t = time.perf_counter()
-        guard.check(text)
-        latencies.append(time.perf_counter() - t)
-    out = summary(latencies, time.perf_counter() - start)
+        guard.check_many(sets["real"])
+        best = min(best, time.perf_counter() - t)
+    out["ceiling"] = {"requests": len(sets["real"]), "seconds": round(best, 2), "rps": len(sets["real"]) / best,
+                      "p50_ms": float("nan"), "p99_ms": float("nan")}
     del guard
     gc.collect()
     return out
@@ -163,63 +178,78 @@ def process_per_request(rules: str | None, folder: Path, prompts: list[str], cli
 def bench_rules(name: str, rules: str | None, folder: Path, args, prompts: list[str]) -> list[dict]:
     rows = []
     levels = [int(c) for c in args.clients.split(",")]
-    print(f"[{name}] in-process Guard.check on {len(prompts)} prompts", flush=True)
-    inproc = in_process(rules, folder, prompts, args.device)
-    rows.append({"rules": name, "method": "in-process", "clients": 1, **inproc})
+    if name == "default":
+        levels = [c for c in levels if c <= args.default_max_clients]
+    sets = {"short": [SHORT] * args.short_requests, "real": prompts}
+    print(f"[{name}] in-process Guard.check on {len(prompts)} real prompts and a short one; the ceiling", flush=True)
+    inproc = in_process(rules, folder, sets, args.device)
+    for prompt_set in ("short", "real"):
+        rows.append({"rules": name, "method": "in-process", "prompts": prompt_set, "clients": 1, **inproc[prompt_set]})
+    rows.append({"rules": name, "method": "ceiling", "prompts": "real", "clients": 1, **inproc["ceiling"]})
     for method, extra in (("serve", []), ("(b) no-batch", ["--batch-tokens", "1"])):
+        if method == "(b) no-batch" and args.no_batch == "off":
+            continue
         server_args = ["-m", str(folder), "--device", args.device, "--max-queue", "4096", *extra] + (
             ["-r", rules] if rules else [])
         with ServerProcess(server_args) as server:
-            for clients in levels:
-                if name == "default" and clients > args.default_max_clients:
-                    continue
-                print(f"[{name}] {method}: {clients} clients", flush=True)
-                before = server.metrics()
-                seconds = args.seconds if name == "one" else args.default_seconds
-                result = run_clients(server, prompts, clients, seconds, args.warmup)
-                after = server.metrics()
-                passes = after["crossguard_batch_requests_count"] - before["crossguard_batch_requests_count"]
-                reqs = after["crossguard_batch_requests_sum"] - before["crossguard_batch_requests_sum"]
-                rows.append({"rules": name, "method": method, "clients": clients, **result,
-                             "requests_per_pass": reqs / max(1.0, passes)})
+            for clients in levels if method == "serve" else levels[-1:]:
+                for prompt_set in ("short", "real") if clients == 1 else ("real",):
+                    print(f"[{name}] {method}: {clients} clients, {prompt_set} prompts", flush=True)
+                    before = server.metrics()
+                    seconds = args.seconds if name == "one" else args.default_seconds
+                    result = run_clients(server, sets[prompt_set], clients, seconds, args.warmup)
+                    after = server.metrics()
+                    passes = after["crossguard_batch_requests_count"] - before["crossguard_batch_requests_count"]
+                    reqs = after["crossguard_batch_requests_sum"] - before["crossguard_batch_requests_sum"]
+                    rows.append({"rules": name, "method": method, "prompts": prompt_set, "clients": clients,
+                                 **result, "requests_per_pass": reqs / max(1.0, passes)})
     for clients, total in ((1, args.process_requests), (8, 8)):
         if not args.process_requests or (name == "default" and clients > 1):
             continue
         print(f"[{name}] (a) process per request: {clients} clients, {total} requests", flush=True)
-        rows.append({"rules": name, "method": "(a) process", "clients": clients,
+        rows.append({"rules": name, "method": "(a) process", "prompts": "real", "clients": clients,
                      **process_per_request(rules, folder, prompts, clients, total, args.device)})
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| rules | method | clients | requests | req/s | p50 ms | p99 ms | requests/pass | x (b) |",
-           "|---|---|---|---|---|---|---|---|---|"]
-    base = {(r["rules"], r["clients"]): r["rps"] for r in rows if r["method"] == "(b) no-batch"}
+    out = ["| rules | method | prompts | clients | requests | req/s | p50 ms | p99 ms | requests/pass | x ceiling |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    ceiling = {r["rules"]: r["rps"] for r in rows if r["method"] == "ceiling"}
     for r in rows:
-        ratio = r["rps"] / base[(r["rules"], r["clients"])] if (r["rules"], r["clients"]) in base else None
+        ratio = r["rps"] / ceiling[r["rules"]] if r["prompts"] == "real" and r["method"] != "in-process" else None
         per_pass = f"{r['requests_per_pass']:.1f}" if "requests_per_pass" in r else "-"
-        out.append(f"| {r['rules']} | {r['method']} | {r['clients']} | {r['requests']} | {r['rps']:.2f} | "
-                   f"{r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {per_pass} | {'-' if ratio is None else f'{ratio:.2f}'} |")
+        p50 = "-" if r["p50_ms"] != r["p50_ms"] else f"{r['p50_ms']:.1f}"
+        p99 = "-" if r["p99_ms"] != r["p99_ms"] else f"{r['p99_ms']:.1f}"
+        out.append(f"| {r['rules']} | {r['method']} | {r['prompts']} | {r['clients']} | {r['requests']} | "
+                   f"{r['rps']:.2f} | {p50} | {p99} | {per_pass} | {'-' if ratio is None else f'{ratio:.2f}'} |")
     return "\n".join(out)
 
 
 def verdicts(rows: list[dict]) -> list[str]:
     lines = []
     for name in sorted({r["rules"] for r in rows}):
-        get = {(r["method"], r["clients"]): r for r in rows if r["rules"] == name}
-        top = max(c for m, c in get if m == "serve")
-        serve, nobatch = get[("serve", top)], get.get(("(b) no-batch", top))
-        if nobatch:
-            lines.append(f"[{name}] serve vs (b) at {top} clients: {serve['rps'] / nobatch['rps']:.2f}x requests/s "
-                         "(target >= 3x)")
-        inproc, one = get[("in-process", 1)], get[("serve", 1)]
-        extra = 100 * (one["p50_ms"] / inproc["p50_ms"] - 1)
-        lines.append(f"[{name}] p50 at 1 client: serve {one['p50_ms']:.0f} ms vs in-process Guard.check "
-                     f"{inproc['p50_ms']:.0f} ms: {extra:+.1f}% (target <= +10%)")
-        if ("(a) process", 1) in get:
-            proc = get[("(a) process", 1)]
-            lines.append(f"[{name}] p50 at 1 client: serve {one['p50_ms']:.0f} ms vs a process per request "
-                         f"{proc['p50_ms']:.0f} ms ({proc['p50_ms'] / one['p50_ms']:.0f}x)")
+        get = {(r["method"], r["prompts"], r["clients"]): r for r in rows if r["rules"] == name}
+        for prompt_set in ("short", "real"):
+            inproc, one = get[("in-process", prompt_set, 1)], get[("serve", prompt_set, 1)]
+            added = one["p50_ms"] - inproc["p50_ms"]
+            lines.append(f"[{name}] {prompt_set} prompts, 1 client: serve p50 {one['p50_ms']:.1f} ms vs in-process "
+                         f"Guard.check {inproc['p50_ms']:.1f} ms: {added:+.1f} ms (target <= +3 ms: "
+                         f"{'met' if added <= 3 else 'NOT met'})")
+        top = max(c for m, _, c in get if m == "serve")
+        serve, ceiling = get[("serve", "real", top)], get[("ceiling", "real", 1)]
+        share = serve["rps"] / ceiling["rps"]
+        lines.append(f"[{name}] {top} clients: serve {serve['rps']:.2f} req/s vs the ceiling (check_many in one call) "
+                     f"{ceiling['rps']:.2f} prompts/s: {100 * share:.0f}% (target >= 90%: "
+                     f"{'met' if share >= 0.9 else 'NOT met'})")
+        nobatch = get.get(("(b) no-batch", "real", top))
+        if nobatch and nobatch["rps"]:
+            lines.append(f"[{name}] serve vs (b) --batch-tokens 1 at {top} clients: "
+                         f"{serve['rps'] / nobatch['rps']:.2f}x requests/s")
+        if ("(a) process", "real", 1) in get:
+            proc = get[("(a) process", "real", 1)]
+            lines.append(f"[{name}] p50 at 1 client: serve {get[('serve', 'real', 1)]['p50_ms']:.0f} ms vs a process "
+                         f"per request {proc['p50_ms']:.0f} ms")
     return lines
 
 
@@ -235,8 +265,12 @@ def environment() -> dict:
             versions[pkg] = None
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    wanted = ("avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
     return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "python": platform.python_version(), "cpu": cpu, "cores": os.cpu_count(), **versions}
+            "python": platform.python_version(), "cpu": cpu, "cores": os.cpu_count(),
+            "cpu_flags": " ".join(f for f in wanted if f in flags) or "none of " + " ".join(wanted), **versions}
 
 
 def main() -> None:
@@ -244,20 +278,23 @@ def main() -> None:
     ap.add_argument("--shape", default="modernbert-68m", help="model shape (benchmarks/_workload.py ARCH)")
     ap.add_argument("--device", default="cpu", help="cpu, cuda, ... (the same for every method)")
     ap.add_argument("--rules", default="one,default", help="rule sets: one (a one-rule file), default (32 hypotheses)")
-    ap.add_argument("--clients", default="1,8,32", help="concurrent clients per level")
+    ap.add_argument("--clients", default="1,8,32", help="concurrent clients per level (the last is the target's)")
     ap.add_argument("--prompts", type=int, default=32, help="real prompts (length quantiles) for the one-rule set")
     ap.add_argument("--default-prompts", type=int, default=4, help="prompts for the default rules (32 pairs each)")
-    ap.add_argument("--default-max-clients", type=int, default=8, help="most clients measured with the default rules")
-    ap.add_argument("--seconds", type=float, default=15.0, help="measured window per level with several clients")
-    ap.add_argument("--default-seconds", type=float, default=30.0, help="the window with the default rules")
-    ap.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before each window")
-    ap.add_argument("--process-requests", type=int, default=3, help="(a) requests at 1 client; 0 skips (a)")
+    ap.add_argument("--default-max-clients", type=int, default=32, help="most clients measured with the default rules")
+    ap.add_argument("--short-requests", type=int, default=30, help="requests of the short prompt at one client")
+    ap.add_argument("--seconds", type=float, default=10.0, help="measured window per level with several clients")
+    ap.add_argument("--default-seconds", type=float, default=15.0, help="the window with the default rules")
+    ap.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each window")
+    ap.add_argument("--no-batch", choices=("on", "off"), default="on", help="(b) at the most clients")
+    ap.add_argument("--process-requests", type=int, default=0, help="(a) requests at 1 client; 0 skips (a)")
     ap.add_argument("--cache", default=str(ROOT / ".bench"), help="where model folders are built once")
     ap.add_argument("--out", help="write every figure as JSON here")
     args = ap.parse_args()
     folder = work.model_folder(args.shape, Path(args.cache))
     env = environment()
-    print(f"# {args.shape} on {args.device}: {env['cpu']} ({env['cores']} cores), {env['date']}", flush=True)
+    print(f"# {args.shape} on {args.device}: {env['cpu']} ({env['cores']} cores; {env['cpu_flags']}), {env['date']}; "
+          f"torch {env['torch']}, default dtype", flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         one = Path(tmp) / "one-rule.yaml"

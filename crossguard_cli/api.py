@@ -111,6 +111,11 @@ class Guard:
         return list(getattr(self._scorer, "models", [self._scorer.model]))
 
     @property
+    def batch_tokens(self) -> int:
+        """Padded tokens per forward pass now: the scorer's budget, lower after an out-of-memory retry."""
+        return self._scorer.batch_tokens
+
+    @property
     def stats(self) -> dict[str, int]:
         """Pairs, tokens, padded tokens, forward passes and out-of-memory retries so far."""
         return dict(self._scorer.stats)

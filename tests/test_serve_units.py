@@ -64,7 +64,7 @@ def test_inputs_become_request_records_in_order():
     ({"input": ["fine", "\u200b\u200d "]}, 400, "empty_input", "input[1] is empty"),
     ({"input": "   "}, 400, "empty_input", "input is empty"),
     ({"input": "\u200b" * 150 + "x"}, 400, "empty_input", "first 100 characters"),
-    ({"input": ["a", "b\ud800c"]}, 400, "invalid_text", "input[1] holds an unpaired surrogate"),
+    ({"input": ["a", "b\ud800c"]}, 400, "invalid_text", "input[1]: invalid UTF-8 at character 2"),
 ])
 def test_bad_requests_are_refused_with_one_line(data, status, code, words):
     err = refusal(data)
@@ -124,6 +124,7 @@ class FakeGuard:
         self.options = EngineOptions()
         self.model = FakeModel()
         self.model_name = "fake"
+        self.batch_tokens = 8192
         self.delay = delay
         self.calls = [] if calls is None else calls
         self.fail = fail
@@ -153,20 +154,32 @@ def run_async(coro):
 
 
 def test_an_idle_server_scores_a_lone_request_at_once():
-    batcher = MicroBatcher(FakeGuard(), batch_wait_ms=1000)
-    batcher.start()
+    batcher = MicroBatcher(FakeGuard(), batch_wait_ms=3_600_000)  # an hour: waiting at all would hang
 
     async def one():
-        start = time.perf_counter()
         with batcher.arrival() as ticket:
             future = ticket.submit(records("alone"))
-        guard, results = await future
-        return time.perf_counter() - start, results
+        guard, results = await asyncio.wait_for(future, timeout=60)
+        return results
 
-    seconds, results = run_async(one())
+    batcher.start()
+    results = run_async(one())
     batcher.stop()
-    assert seconds < 0.5  # far below the 1 s it may wait when more requests are on their way
     assert [r.text for r in results] == ["alone"]
+
+
+def test_warm_up_scores_in_the_worker_thread_before_start_returns():
+    seen = []
+
+    class Recording(FakeGuard):
+        def check_many(self, recs):
+            seen.append((threading.current_thread().name, [getattr(r, "text", r) for r in recs]))
+            return super().check_many([r if isinstance(r, Record) else Record("input", 1, text=r) for r in recs])
+
+    batcher = MicroBatcher(Recording(), warm_up=True)
+    batcher.start()
+    assert seen == [("crossguard-scorer", ["warm-up"])]  # torch runs in one thread only (issue 18)
+    batcher.stop()
 
 
 def test_concurrent_requests_share_a_pass_and_get_their_own_answers():
@@ -227,15 +240,16 @@ def test_a_full_queue_refuses_at_once_and_accepted_requests_are_answered():
                     accepted.append(ticket.submit(records(f"x{i}")))
             except QueueFull as exc:
                 refused.append(exc.retry_after)
-            await asyncio.sleep(0.01)
+            while i == 0 and batcher.scoring < 1:  # the worker's own state, not a delay: x0 is being scored
+                await asyncio.sleep(0.001)
         gate.set()
         return [[r.text for r in (await f)[1]] for f in accepted], refused
 
     answers, refused = run_async(flood())
     batcher.stop()
-    assert refused and all(r >= 1 for r in refused)
-    assert len(answers) + len(refused) == 8 and 3 <= len(answers) <= 4  # one being scored, three waiting
-    assert all(len(a) == 1 and a[0].startswith("x") for a in answers)
+    assert len(refused) == 4 and all(r >= 1 for r in refused)
+    assert answers == [["x0"], ["x1"], ["x2"], ["x3"]]  # one being scored, three waiting
+    assert batcher.scoring == 0 and batcher.queued == 0
 
 
 def test_reload_swaps_rules_between_passes_and_a_bad_file_keeps_the_old():
@@ -257,8 +271,7 @@ def test_reload_swaps_rules_between_passes_and_a_bad_file_keeps_the_old():
     assert run_async(ask("after")) == "o.yaml"
     batcher.rules_path = "bad.yaml"
     batcher.request_reload()
-    time.sleep(0.1)
-    assert run_async(ask("still")) == "o.yaml"
+    assert run_async(ask("still")) == "o.yaml"  # before or after the refused reload: the old rules stay
     batcher.stop()
     # every pass used one rule set for all of its inputs
     assert [(src, texts) for src, texts in guard.calls] == [("r.yaml", ["before"]), ("o.yaml", ["after"]),
@@ -326,3 +339,12 @@ def test_estimates_cap_a_pair_at_the_model_length():
     tokens, width = estimate_tokens(guard, records("x" * 400, "y" * 40_000))
     assert width == 512 and tokens > 2 * 10_000
     assert estimate_tokens(guard, records("x" * 400))[1] < 120
+
+
+def test_the_round_budget_follows_the_scorers_budget_after_an_out_of_memory_reduction():
+    guard = FakeGuard()
+    batcher = MicroBatcher(guard)
+    assert batcher.budget == 4 * 8192
+    guard.batch_tokens = 1024  # the scorer halved its budget after running out of memory
+    assert batcher.budget == 4 * 1024
+    assert MicroBatcher(guard, batch_tokens=1).budget == 1  # --batch-tokens wins

@@ -38,19 +38,28 @@ def eval_command(
     tune_for: Annotated[str, typer.Option(
         "--tune-for", callback=choice("--tune-for", ("f1", "precision")), metavar="GOAL",
         rich_help_panel="Evaluation", help="Which suggested threshold --write-rules writes: f1 or precision.")] = "f1",
+    target_accuracy: Annotated[float | None, typer.Option(
+        "--target-accuracy", callback=within("--target-accuracy", 0.0, 1.0), metavar="A",
+        rich_help_panel="Evaluation", help="Learn per-rule abstention bands: the most records decided at this "
+        "accuracy on them (0 to 1).")] = None,
+    holdout: Annotated[float | None, typer.Option(
+        "--holdout", callback=within("--holdout", 0.0, 1.0), metavar="FRACTION", rich_help_panel="Evaluation",
+        help="Tune on the other records, measure on this share (split by id, else source and line).")] = None,
     fmt: Annotated[str | None, typer.Option(
         "--format", "-f", callback=choice("--format", ("table", "json")), metavar="FORMAT", rich_help_panel="Output",
         help="table or json. [default: table on a terminal, else json]")] = None,
     write_rules: Annotated[str | None, typer.Option(
         "--write-rules", metavar="FILE", rich_help_panel="Output",
-        help="Write the rules file with the suggested thresholds, comments kept.")] = None,
+        help="Write the rules file with the suggested thresholds (with --target-accuracy: the bands' "
+        "thresholds and margins), comments kept.")] = None,
     plot: Annotated[str | None, typer.Option(
         "--plot", metavar="PNG", rich_help_panel="Output",
-        help="Draw precision-recall curves (needs matplotlib).")] = None,
+        help="Draw precision-recall curves, and risk-coverage curves with --target-accuracy "
+        "(needs matplotlib).")] = None,
     *,
     engine: EngineOptions,
 ) -> int:
-    """Measure rules against labelled prompts and suggest thresholds. Exit 0, or 2 on error."""
+    """Measure rules against labelled prompts; suggest thresholds and abstention bands. Exit 0, or 2 on error."""
     from crossguard_cli.api import resolve_rules
     from crossguard_cli.cli.console import error_line
     from crossguard_cli.evaluation import labels as lb
@@ -63,6 +72,10 @@ def eval_command(
     ruleset = resolve_rules(engine.rules, engine.threshold)
     if not 0.0 < target_precision <= 1.0:  # checked before any scoring, as are the outputs' needs
         raise UsageError(f"must be in (0, 1], got {target_precision:g}", "--target-precision")
+    if target_accuracy is not None and not 0.0 < target_accuracy <= 1.0:
+        raise UsageError(f"must be in (0, 1], got {target_accuracy:g}", "--target-accuracy")
+    if holdout is not None and not 0.0 < holdout < 1.0:
+        raise UsageError(f"must be between 0 and 1 (exclusive), got {holdout:g}", "--holdout")
     if plot:
         tune.check_plot_path(plot)
     for out_path, option in ((write_rules, "--write-rules"), (plot, "--plot")):
@@ -91,11 +104,14 @@ def eval_command(
                  if out.get("status") == "error"]
     for _, failure in sorted(failures, key=lambda f: f[0]):
         error_line(failure)
-    report = ev.build_report(pairs, ruleset.rules, target_precision=target_precision)
+    report = ev.build_report(pairs, ruleset.rules, target_precision=target_precision,
+                             target_accuracy=target_accuracy, holdout=holdout)
     if (fmt or ("table" if sys.stdout.isatty() else "json")) == "json":
         sys.stdout.write(json.dumps(ev.report_to_json(report), indent=2) + "\n")
     else:
         _print_table(report, ev.report_rows(report))
+        if report.bands is not None:
+            _print_bands(report)
     sys.stdout.flush()
     if write_rules:
         rules_path = engine.rules
@@ -103,30 +119,64 @@ def eval_command(
             from crossguard_cli.rules import default_rules_path
 
             rules_path = str(default_rules_path())
-        suggested = tune.suggested_thresholds(report, by=tune_for)
-        tune.write_tuned_rules(rules_path, write_rules, suggested)
-        kept = [r.name for r in report.rules if r.name not in suggested]
-        why = "no positive labels" if tune_for == "f1" else f"no threshold reaches precision {target_precision:g}"
-        sys.stderr.write(f"crossguard: wrote {write_rules} with thresholds tuned for {tune_for}"
-                         + (f"; kept the thresholds of {', '.join(kept)} ({why})" if kept else "") + "\n")
+        if report.bands is not None:  # the bands: threshold and margin per rule that has one
+            suggested = tune.band_settings(report)
+            tune.write_tuned_rules(rules_path, write_rules, suggested)
+            why: dict[str, list[str]] = {}  # reason -> rules, so unlabelled rules make one short clause
+            for r in report.bands.rules:
+                if r.name not in suggested:
+                    why.setdefault("no labels" if r.positives + r.negatives == 0 else r.reason, []).append(r.name)
+            kept = "; ".join(f"{', '.join(names)} ({reason})" for reason, names in why.items())
+            sys.stderr.write(f"crossguard: wrote {write_rules} with bands for accuracy {target_accuracy:g}"
+                             + (f"; kept the thresholds and margins of {kept}" if kept else "") + "\n")
+        else:
+            suggested = tune.suggested_thresholds(report, by=tune_for)
+            tune.write_tuned_rules(rules_path, write_rules, suggested)
+            kept = [r.name for r in report.rules if r.name not in suggested]
+            why = "no positive labels" if tune_for == "f1" else f"no threshold reaches precision {target_precision:g}"
+            sys.stderr.write(f"crossguard: wrote {write_rules} with thresholds tuned for {tune_for}"
+                             + (f"; kept the thresholds of {', '.join(kept)} ({why})" if kept else "") + "\n")
     if plot:
-        tune.plot_pr(report.curves, plot)
+        tune.plot_pr(report.curves, plot, None if report.bands is None else report.bands.rules)
         sys.stderr.write(f"crossguard: wrote {plot}\n")
     return 2 if failures else 0
 
 
+def _where_measured(report) -> str:
+    if report.holdout is None:
+        return "figures are in-sample (tuned and measured on the same records; --holdout measures apart)"
+    return (f"tuned on {report.tuned_on} records, measured on {report.measured_on} held out "
+            f"(--holdout {report.holdout:g})")
+
+
 def _print_table(report, rows: list[dict[str, str]]) -> None:
+    shown = [row for row in rows if row["n"] != "0"]  # rules the labels say nothing about
+    hidden = len(rows) - len(shown)
+    title = (f"{report.records} labelled records, {report.scored} scored, {report.skipped} skipped; "
+             f"target precision {report.target_precision:g}"
+             + (f"; {hidden} rules without labels not shown" if hidden else ""))
+    if report.holdout is not None:
+        title += f"; {_where_measured(report)}"
+    _print_rows(title, shown, list(rows[0]))
+
+
+def _print_bands(report) -> None:
+    from crossguard_cli.evaluation import band_report as br
+
+    rows = br.band_rows(report.bands)
+    if rows:
+        _print_rows(f"abstention bands for accuracy {report.bands.target_accuracy:g} on decided records; "
+                    f"{_where_measured(report)}", rows, list(rows[0]))
+
+
+def _print_rows(title: str, rows: list[dict[str, str]], columns: list[str]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    shown = [row for row in rows if row["n"] != "0"]  # rules the labels say nothing about
-    hidden = len(rows) - len(shown)
-    table = Table(title=f"{report.records} labelled records, {report.scored} scored, {report.skipped} skipped; "
-                        f"target precision {report.target_precision:g}"
-                        + (f"; {hidden} rules without labels not shown" if hidden else ""), title_justify="left")
-    for col in rows[0]:
-        table.add_column(col, justify="left" if col == "rule" else "right")
-    for row in shown:
+    table = Table(title=title, title_justify="left")
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("rule", "method", "abstains on") else "right")
+    for row in rows:
         table.add_row(*row.values())
     console = Console(soft_wrap=True, highlight=False, force_terminal=sys.stdout.isatty())
     if not console.is_terminal:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from crossguard_cli.engine.decide import abstains as decide_abstains
 from crossguard_cli.engine.decide import state
 from crossguard_cli.errors import InputError
 from crossguard_cli.evaluation import bands as bd
@@ -36,6 +37,7 @@ class BandRow:
     negatives: int
     band: bd.Band | None = None  # tuned; its decided / correct are on the tuning records
     reason: str | None = None  # why there is no band
+    short_reason: str | None = None  # the same for a table cell
     abstain_threshold: float | None = None  # set when the records carry the head's score
     figures: dict[str, bd.Abstention | None] = field(default_factory=dict)  # keys of METHODS
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
@@ -87,18 +89,20 @@ def build_row(rule: Any, probs: np.ndarray, labels: np.ndarray, head: np.ndarray
     if min(pos, neg) < bd.MIN_PER_CLASS:
         row.reason = (f"too few labelled records to tune on: {pos} positive and {neg} negative; "
                       f"a band needs at least {bd.MIN_PER_CLASS} of each")
+        row.short_reason = f"too few labels ({pos}+ {neg}-; needs {bd.MIN_PER_CLASS} each)"
     else:
         row.band = bd.search_band(ticks[tune], y[tune], target)
         if row.band is None:
             row.reason = f"no band reaches accuracy {target:g} on the tuning records"
+            row.short_reason = f"none reaches {target:g}"
     if row.band is not None:
         uncertain, fired = bd.band_mask(t_m, row.band)
         row.figures["band"] = bd.figures(uncertain, fired, y_m, plain)
         row.figures["cut"] = bd.figures(bd.confidence_cut(t_m, rule.threshold, int(uncertain.sum())), plain, y_m,
                                         plain)
-    if head is not None:
-        row.abstain_threshold = DEFAULT_ABSTAIN if getattr(rule, "abstain", None) is None else rule.abstain
-        abstains = head[measure] >= round(row.abstain_threshold * 100.0, 6)
+    if head is not None and y_m.size:
+        row.abstain_threshold = DEFAULT_ABSTAIN if rule.abstain is None else rule.abstain
+        abstains = np.array([decide_abstains(rule, pct / 100) for pct in head[measure]], dtype=bool)
         row.figures["head"] = bd.figures(abstains, plain, y_m, plain)
         row.figures["head_cut"] = bd.figures(bd.confidence_cut(t_m, rule.threshold, int(abstains.sum())), plain,
                                              y_m, plain)
@@ -130,14 +134,18 @@ def band_rows(report: BandReport) -> list[dict[str, str]]:
 
     rows = []
     for r in report.rules:
+        if r.positives + r.negatives == 0 and not any(r.figures.values()):
+            continue  # a rule the labels say nothing about, as in the main table
         if r.band is None:
-            rows.append({"rule": r.name, "method": "band", "abstains on": f"none: {r.reason}", "coverage": "-",
+            rows.append({"rule": r.name, "method": "band", "abstains on": f"no band: {r.short_reason}", "coverage": "-",
                          "accuracy": "-", "errors caught": "-", "abst. precision": "-"})
         for key, method in METHODS:
             fig = r.figures.get(key)
             if fig is None:
                 continue
-            if key == "band":
+            if key == "band" and r.band.low == r.band.high:
+                how = f"nothing; fires at >= {r.band.threshold:.4f}"
+            elif key == "band":
                 how = f"[{r.band.low / bd.TICKS:.4f}, {r.band.high / bd.TICKS:.4f})"
             elif key == "head":
                 how = f"abstain >= {r.abstain_threshold:g}"

@@ -10,12 +10,15 @@ before any model loads:
 
 Decisions are recomputed from the scores with the rules' current thresholds and margins, by
 `decide.rule_state` itself, so an old `batch` output can be re-judged under new thresholds
-without running the model. A rule's score is its deciding label's percentage / 100. Records
+without running the model. A rule's score is its deciding percentage / 100 (`scores[rule][rule.score_field]`:
+the NLI label, or "probability" for a classifier rule). Records
 whose status is not "ok" (error, empty) are counted as skipped. "Overall" compares "any rule
 fired" with the record's expected verdict, over the rules the labels speak about (see
 `build_report`); its threshold-free score is the record's highest probability among those
 rules, so its suggested thresholds are values for `--threshold` (which overrides every rule).
-What to do with a report (tuned rules file, plots) lives in tune.py.
+With `target_accuracy`, per-rule abstention bands come too (band_report.py, bands.py); with
+`holdout`, thresholds and bands are tuned on the other records and every figure is measured on
+the held-out ones. What to do with a report (tuned rules file, plots) lives in tune.py.
 """
 
 from __future__ import annotations
@@ -74,6 +77,16 @@ def _score(out: Mapping[str, Any], rule: Any, where: str) -> float:
     return round(pct / 100, 10)  # 87.31 -> 0.8731, the same float as the YAML text "0.8731"
 
 
+def _abstain(out: Mapping[str, Any], rule: Any, where: str) -> float | None:
+    """The abstention head's uncertain probability (0-1) of the rule's deciding pair, if scored."""
+    pct = out["scores"][rule.name].get("abstain")
+    if pct is None:
+        return None
+    if isinstance(pct, bool) or not isinstance(pct, (int, float)) or not 0 <= pct <= 100:
+        raise InputError(f"scores.{rule.name}.abstain: expected a percentage, got {pct!r}", where)
+    return pct / 100
+
+
 def build_report(pairs: Sequence[Pair], rules: Sequence[Any], *, target_precision: float = 0.95,
                  overall_rules: Sequence[str] | None = None, target_accuracy: float | None = None,
                  holdout: float | None = None) -> Report:
@@ -101,8 +114,10 @@ def build_report(pairs: Sequence[Pair], rules: Sequence[Any], *, target_precisio
             raise UsageError(f"{holdout:g} of {len(ok)} scored records leaves {'no' if held.all() else 'none'} "
                              f"record to {'tune on' if held.all() else 'measure on'}; give more records or "
                              "another fraction", "--holdout")
-    # Current decisions exactly as `batch` takes them (decide works on the printed percentage).
-    states = np.array([[rule_state(r, p) for r, p in zip(rules, row, strict=True)] for row in s], dtype="U9")
+    # Current decisions exactly as `batch` takes them (decide works on the printed percentage); a
+    # rule whose abstention head abstains (an `abstain` score, heads models only) is uncertain.
+    states = np.array([[rule_state(r, p, _abstain(out, r, rec.where)) for r, p in zip(rules, row, strict=True)]
+                       for row, (rec, out) in zip(s, ok, strict=True)], dtype="U9")
     states = states.reshape(s.shape)
     fired, near = states == "fired", states == "uncertain"
     rows, curves, band_rows = [], {}, []

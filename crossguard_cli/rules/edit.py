@@ -1,9 +1,10 @@
 """Editing a rules file's text in place: new thresholds, everything else as the user wrote it.
 
 `crossguard eval --write-rules` promises the comments, key order and quoting of the rules file
-are kept (it writes thresholds, and with `--target-accuracy` margins too), so the file is edited as text at the positions YAML reports, not re-dumped. Thresholds
-are written as the shortest decimal that YAML reads back as exactly the suggested float, so
-`batch` with the tuned file fires on exactly the records the report counted.
+are kept (it writes thresholds, and with `--target-accuracy` margins too), so the file is
+edited as text at the positions YAML reports, not re-dumped. Values are written as the shortest
+decimal that YAML reads back as exactly the suggested float, so `batch` with the tuned file
+decides exactly the records the report counted.
 """
 
 from __future__ import annotations

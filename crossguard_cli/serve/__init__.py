@@ -12,6 +12,7 @@ The stages, one module each:
 - `access.py`   one access-log line and the request metrics per request; a last-resort 500
 - `logs.py`     text or JSON log lines on stderr
 - `reload.py`   rules reloads on SIGHUP and, with `--watch`, on file change
+- `openapi.py`  the OpenAPI 3.1 document `GET /openapi.json` serves (checked against real answers)
 - `app.py`      the Starlette app: routes and handlers
 - `server.py`   the listening socket, uvicorn, signals (drain on SIGTERM / Ctrl-C)
 - `testing.py`  a server in a subprocess and a stdlib HTTP client, for tests and benchmarks

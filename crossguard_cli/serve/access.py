@@ -9,10 +9,11 @@ log line, never a traceback on stderr or a dropped connection.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any
+
+from crossguard_cli.serve.protocol import ApiError, send_error
 
 access_log = logging.getLogger("crossguard_cli.serve.access")
 log = logging.getLogger("crossguard_cli.serve")
@@ -62,11 +63,8 @@ class AccessMiddleware:
 
 
 async def _internal_error(send: Any) -> None:
-    body = json.dumps({"error": {"message": "internal error; the request was not scored (see the server log)",
-                                 "type": "server_error", "code": "internal_error", "param": None}}).encode()
-    await send({"type": "http.response.start", "status": 500,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
+    await send_error(send, ApiError(500, "internal error; the request was not scored (see the server log)",
+                                    code="internal_error", type="server_error"))
 
 
 __all__ = ["NOTE", "AccessMiddleware"]

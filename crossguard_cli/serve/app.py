@@ -6,7 +6,7 @@ within `--max-body-bytes`, parsed and checked (every input must be scorable text
 Any input that was not scored fails the whole request closed (503), so no input is ever
 reported as not flagged without having been scored.
 
-Starlette (not FastAPI): the service has six routes and must answer in the moderation API's
+Starlette (not FastAPI): the service has seven routes and must answer in the moderation API's
 error shape, with its own limits, before anything parses the body; Starlette gives exactly
 that with no model-validation layer in the way.
 """
@@ -25,7 +25,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from crossguard_cli.serve import protocol
+from crossguard_cli.serve import openapi, protocol
 from crossguard_cli.serve.access import NOTE, AccessMiddleware
 from crossguard_cli.serve.batcher import MicroBatcher, QueueFull, ScoringFailed, Unavailable
 from crossguard_cli.serve.metrics import Metrics
@@ -43,6 +43,7 @@ class Service:
         self.metrics = metrics
         self.options = options
         self.draining = False
+        self._openapi: bytes | None = None
 
     # -- scoring ------------------------------------------------------------------------------
 
@@ -137,9 +138,17 @@ class Service:
         body, content_type = self.metrics.render()
         return Response(body, media_type=content_type)
 
+    async def openapi_json(self, request: Request) -> Response:  # noqa: ARG002
+        if self._openapi is None:
+            from crossguard_cli import __version__
 
-def error_response(exc: ApiError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+            self._openapi = JSONResponse(openapi.document(__version__)).body
+        return Response(self._openapi, media_type="application/json")
+
+
+def error_response(exc: ApiError) -> Response:
+    """A handler's error answer: the same bytes and headers as `protocol.send_error` sends."""
+    return Response(exc.encoded(), status_code=exc.status, headers=exc.headers, media_type="application/json")
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:  # noqa: ARG001
@@ -179,6 +188,7 @@ def build_app(service: Service, api_key: str | None) -> Any:
         Route("/healthz", service.healthz, methods=["GET"]),
         Route("/readyz", service.readyz, methods=["GET"]),
         Route("/metrics", service.metrics_text, methods=["GET"]),
+        Route("/openapi.json", service.openapi_json, methods=["GET"]),
     ]
     app: Any = Starlette(routes=routes, lifespan=lifespan,
                          exception_handlers={HTTPException: _http_error, Exception: _internal_error})

@@ -36,7 +36,7 @@ from typing import Any
 from crossguard_cli.api import Guard
 from crossguard_cli.errors import CrossguardError
 from crossguard_cli.records.inputs import Record
-from crossguard_cli.serve.sizing import default_budget, estimate_tokens, passes
+from crossguard_cli.serve.sizing import estimate_tokens, passes, round_budget
 
 log = logging.getLogger("crossguard_cli.serve")
 
@@ -67,6 +67,7 @@ class Job:
     width: int  # estimated tokens of its longest pair
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
+    taken: bool = False  # off the queue and counted in `scoring` until answered
 
 
 class Ticket:
@@ -113,13 +114,14 @@ class MicroBatcher:
         self._warmed = threading.Event()
         self.rules_path = rules_path
         self.batch_wait = batch_wait_ms / 1000.0
-        self.budget = batch_tokens or default_budget(guard)
+        self.batch_tokens = batch_tokens
         self.max_queue = max_queue
         self.metrics = metrics
         self.loaded_at = time.time()
         self._cond = threading.Condition()
         self._queue: collections.deque[Job] = collections.deque()
         self._queued = 0  # inputs waiting
+        self._scoring = 0  # inputs taken off the queue, not yet answered
         self._arriving = 0  # requests announced, not yet submitted
         self._concurrency = 1  # requests in the last round: how many to expect back together
         self._reload_pending = False
@@ -141,8 +143,18 @@ class MicroBatcher:
         return self._thread.is_alive() and not self._stopping
 
     @property
+    def budget(self) -> int:
+        """Estimated pair tokens of one round: `batch_tokens`, else four of the scorer's passes now."""
+        return self.batch_tokens or round_budget(self.guard)
+
+    @property
     def queued(self) -> int:
         return self._queued
+
+    @property
+    def scoring(self) -> int:
+        """Inputs the worker has taken off the queue and not yet answered (its round)."""
+        return self._scoring
 
     @contextlib.contextmanager
     def arrival(self) -> Iterator[Ticket]:
@@ -217,7 +229,7 @@ class MicroBatcher:
             with self._cond:
                 self._died = True
                 waiting, self._queue = list(self._queue), collections.deque()
-                self._queued = 0
+                self._queued = self._scoring = 0
             for job in waiting:
                 _deliver(job, error=Unavailable("the scoring worker failed"))
 
@@ -241,26 +253,33 @@ class MicroBatcher:
                     log.error("internal error in the scoring worker: %s: %s", type(exc).__name__, exc)
                     for job in group:
                         _deliver(job, error=ScoringFailed(f"internal error: {type(exc).__name__}"))
+                finally:
+                    self._release(group)
 
     def _gather(self) -> list[Job]:
         """Jobs for one round (the lock is held; waiting releases it)."""
         first = self._queue.popleft()
         jobs, tokens = [first], first.tokens
+        budget = self.budget
         deadline = time.monotonic() + self.batch_wait
         while True:
             while (self._queue and self._queue[0].guard is first.guard
-                   and tokens + self._queue[0].tokens <= self.budget):
+                   and tokens + self._queue[0].tokens <= budget):
                 job = self._queue.popleft()
                 jobs.append(job)
                 tokens += job.tokens
-            if self._queue or tokens >= self.budget or self._stopping:
+            if self._queue or tokens >= budget or self._stopping:
                 break  # full, or the next request has other rules: it starts the next round
             expecting = self._arriving > 0 or len(jobs) < self._concurrency
             remaining = deadline - time.monotonic()
             if not expecting or remaining <= 0:
                 break
             self._cond.wait(remaining)
-        self._queued -= sum(len(job.records) for job in jobs)
+        taken = sum(len(job.records) for job in jobs)
+        self._queued -= taken
+        self._scoring += taken
+        for job in jobs:
+            job.taken = True
         self._concurrency = len(jobs)
         return jobs
 
@@ -272,18 +291,28 @@ class MicroBatcher:
             results = guard.check_many(records)
         except Exception as exc:  # noqa: BLE001 - fail these requests closed, keep serving
             log.error("scoring failed: %s: %s", type(exc).__name__, " ".join(str(exc).split()))
+            self._release(jobs)
             for job in jobs:
                 _deliver(job, error=ScoringFailed(f"scoring failed: {type(exc).__name__}"))
             return
         seconds = time.perf_counter() - start
         rate = len(records) / max(seconds, 1e-6)
         self._rate = rate if self._rate is None else 0.7 * self._rate + 0.3 * rate
+        self._release(jobs)  # before the counts and answers: scoring + scored never counts an input twice
         if self.metrics is not None:
             self.metrics.observe_pass(len(jobs), len(records), seconds, results)
         at = 0
         for job in jobs:
             _deliver(job, value=(job.guard, results[at: at + len(job.records)]))
             at += len(job.records)
+
+    def _release(self, jobs: Sequence[Job]) -> None:
+        """Jobs leave `scoring` (once each)."""
+        with self._cond:
+            for job in jobs:
+                if job.taken:
+                    job.taken = False
+                    self._scoring -= len(job.records)
 
     def _reload(self) -> None:
         where = self.rules_path or "the packaged rules"

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 from crossguard_cli.engine.results import Result
 
-ENDPOINTS = ("/v1/moderations", "/v1/check", "/v1/rules", "/healthz", "/readyz", "/metrics")
+ENDPOINTS = ("/v1/moderations", "/v1/check", "/v1/rules", "/healthz", "/readyz", "/metrics", "/openapi.json")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
@@ -20,7 +20,7 @@ SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 class Metrics:
     """The service's metrics; `render()` gives the text `/metrics` serves."""
 
-    def __init__(self, queued: Callable[[], float], model: str) -> None:
+    def __init__(self, queued: Callable[[], float], model: str, scoring: Callable[[], float] | None = None) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = registry = CollectorRegistry()
@@ -36,6 +36,10 @@ class Metrics:
                                       buckets=LATENCY_BUCKETS, registry=registry)
         self.queue = Gauge("crossguard_queue_inputs", "Inputs waiting to be scored.", registry=registry)
         self.queue.set_function(queued)
+        self.scoring = Gauge("crossguard_scoring_inputs", "Inputs being scored (off the queue, not yet answered).",
+                             registry=registry)
+        if scoring is not None:
+            self.scoring.set_function(scoring)
         self.inputs = Counter("crossguard_inputs", "Inputs scored, by verdict (error: not scored).", ["verdict"],
                               registry=registry)
         self.flags = Counter("crossguard_flags", "Inputs on which a rule fired, by rule.", ["rule"], registry=registry)

@@ -16,13 +16,14 @@ Pure functions, no web framework: the handlers in `app.py` call them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from crossguard_cli.engine.results import Result
-from crossguard_cli.records.inputs import Record
+from crossguard_cli.records.inputs import Record, record_from_text
 from crossguard_cli.records.text import is_blank
 from crossguard_cli.rules import RuleSet
 
@@ -44,6 +45,23 @@ class ApiError(Exception):
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "code": self.code, "param": self.param}}
+
+    def encoded(self) -> bytes:
+        """The error body as sent: compact JSON, UTF-8."""
+        return json.dumps(self.body(), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        """The answer's headers for ASGI, content type and length included."""
+        body = self.encoded()
+        return [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items())]
+
+
+async def send_error(send: Any, exc: ApiError) -> None:
+    """Answer with `exc` on a raw ASGI `send`: for middleware, which runs outside the routes. The
+    handlers answer with `app.error_response`, built from the same body and headers."""
+    await send({"type": "http.response.start", "status": exc.status, "headers": exc.raw_headers()})
+    await send({"type": "http.response.body", "body": exc.encoded()})
 
 
 def too_large(message: str, code: str, param: str | None = None) -> ApiError:
@@ -106,18 +124,16 @@ def _record(item: Any, name: str, index: int, max_chars: int) -> Record:
         text = item
     else:
         raise _shape(f"{name} must be a string, got {_json_type(item)}", param=name)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ApiError(400, f"{name} holds an unpaired surrogate at character {exc.start + 1}; it is not valid "
-                       "text", code="invalid_text", param=name) from None
-    if is_blank(text[:max_chars]):
-        if len(text) <= max_chars or is_blank(text):
-            raise ApiError(400, f"{name} is empty: nothing visible after normalisation; nothing to score",
-                           code="empty_input", param=name)
+    record = record_from_text(text, REQUEST_SOURCE, index + 1)  # the records layer decides what is readable
+    if record.status == "error":
+        raise ApiError(400, f"{name}: {record.error}", code="invalid_text", param=name)
+    if record.status == "empty":
+        raise ApiError(400, f"{name} is empty: nothing visible after normalisation; nothing to score",
+                       code="empty_input", param=name)
+    if len(text) > max_chars and is_blank(text[:max_chars]):  # what --max-chars keeps is all the model reads
         raise ApiError(400, f"{name}: nothing visible in the first {max_chars} characters (--max-chars); nothing "
                        "to score", code="empty_input", param=name)
-    return Record(REQUEST_SOURCE, index + 1, text=text, id=record_id)
+    return dataclasses.replace(record, id=record_id)
 
 
 def unscored(results: Sequence[Result], records: Sequence[Record]) -> ApiError | None:
@@ -179,4 +195,4 @@ def _json_type(value: object) -> str:
 
 
 __all__ = ["REQUEST_SOURCE", "ApiError", "check_response", "moderation_response", "parse_request",
-           "rules_response", "too_large", "unscored"]
+           "rules_response", "send_error", "too_large", "unscored"]

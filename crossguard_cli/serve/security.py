@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-import json
 from typing import Any
+
+from crossguard_cli.serve.protocol import ApiError, send_error
 
 PROTECTED_PREFIX = "/v1/"
 LOOPBACK_NAMES = ("localhost", "ip6-localhost", "ip6-loopback")
@@ -52,12 +53,8 @@ class ApiKeyMiddleware:
             return
         message = ("missing API key: send 'Authorization: Bearer <key>'" if header is None
                    else "invalid API key")
-        body = json.dumps({"error": {"message": message, "type": "invalid_request_error",
-                                     "code": "invalid_api_key", "param": None}}).encode()
-        await send({"type": "http.response.start", "status": 401,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"www-authenticate", b'Bearer realm="crossguard"')]})
-        await send({"type": "http.response.body", "body": body})
+        await send_error(send, ApiError(401, message, code="invalid_api_key",
+                                        headers={"WWW-Authenticate": 'Bearer realm="crossguard"'}))
 
 
 __all__ = ["ApiKeyMiddleware", "authorized", "is_loopback"]

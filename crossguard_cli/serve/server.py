@@ -73,7 +73,8 @@ def run(guard: Guard, sock: socket.socket, options: ServeOptions) -> int:
         ServeError: the server could not start.
     """
     holder: dict[str, MicroBatcher] = {}
-    metrics = Metrics(queued=lambda: holder["batcher"].queued, model=guard.model_name)
+    metrics = Metrics(queued=lambda: holder["batcher"].queued, model=guard.model_name,
+                      scoring=lambda: holder["batcher"].scoring)
     batcher = holder["batcher"] = MicroBatcher(
         guard, batch_wait_ms=options.batch_wait_ms, batch_tokens=options.batch_tokens, max_queue=options.max_queue,
         rules_path=guard.options.rules, metrics=metrics, warm_up=True)

@@ -9,20 +9,29 @@ long one's length costs more than scoring them together saves (benchmarks/RESULT
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from crossguard_cli.records.inputs import Record
 
 if TYPE_CHECKING:
     from crossguard_cli.api import Guard
-    from crossguard_cli.serve.batcher import Job
+
+
+class Sized(Protocol):
+    """What sizing needs of a request (the batcher's `Job`): its longest pair's estimated tokens."""
+
+    width: int
+
+
+J = TypeVar("J", bound=Sized)
+ROUND_PASSES = 4  # a round holds this many forward passes' worth of pair tokens
 
 SIMILAR = 0.75  # a pass holds requests whose longest pair is at least this share of the pass's longest
 
 
-def passes(jobs: Sequence[Job]) -> list[list[Job]]:
+def passes(jobs: Sequence[J]) -> list[list[J]]:
     """A round's jobs as passes of similar width, shortest first (a job is never split)."""
-    out: list[list[Job]] = []
+    out: list[list[J]] = []
     for job in sorted(jobs, key=lambda j: j.width, reverse=True):
         if out and job.width >= SIMILAR * out[-1][0].width:
             out[-1].append(job)
@@ -42,14 +51,10 @@ def estimate_tokens(guard: Guard, records: Sequence[Record]) -> tuple[int, int]:
     return sum(len(hyps) * p + hyp_tokens for p in prompt), width
 
 
-def default_budget(guard: Guard) -> int:
-    """Four forward passes' worth of pair tokens for the device (as the scorer sizes a pass)."""
-    from crossguard_cli.engine.scorer import default_batching
-
-    _, tokens = default_batching(str(guard.model.device))
-    if guard.options.batch_size:
-        tokens = guard.options.batch_size * guard.model.max_length
-    return 4 * tokens
+def round_budget(guard: Guard) -> int:
+    """Four forward passes' worth of pair tokens: the scorer's own budget per pass, read each round,
+    so a budget the scorer lowered after running out of memory holds for the rounds too."""
+    return ROUND_PASSES * guard.batch_tokens
 
 
-__all__ = ["SIMILAR", "default_budget", "estimate_tokens", "passes"]
+__all__ = ["ROUND_PASSES", "SIMILAR", "Sized", "estimate_tokens", "passes", "round_budget"]
