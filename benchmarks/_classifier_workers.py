@@ -59,11 +59,11 @@ def run_pipeline(spec: dict, prompts: list[str]) -> dict:
     _zero(stats)
     for attr, stage in (("preprocess", "tokenise"), ("forward", "forward"), ("postprocess", "postprocess")):
         _timed(pipe, attr, stages, stage)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     out = pipe(prompts, **kwargs)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     probs = [{d["label"]: 100 * d["score"] for d in row} for row in out]
-    return {"load_s": load, "seconds": seconds, "dtype": str(pipe.model.dtype).replace("torch.", ""),
+    return {"load_s": load, "seconds": seconds, "cpu_s": cpu, "dtype": str(pipe.model.dtype).replace("torch.", ""),
             "probs": probs, "stages": dict(stages), **stats}
 
 
@@ -99,9 +99,10 @@ def run_loop(spec: dict, prompts: list[str]) -> dict:
     score(prompts[:WARMUP_PROMPTS])
     _zero(stats)
     stages.clear()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     probs = [row for i in range(0, len(prompts), 32) for row in score(prompts[i : i + 32])]
-    return {"load_s": load, "seconds": time.perf_counter() - start, "dtype": str(model.dtype).replace("torch.", ""),
+    return {"load_s": load, "seconds": time.perf_counter() - start, "cpu_s": time.process_time() - cpu,
+            "dtype": str(model.dtype).replace("torch.", ""),
             "probs": probs, "stages": dict(stages), **stats}
 
 
@@ -143,9 +144,9 @@ def run_crossguard(spec: dict, prompts: list[str]) -> dict:
         _timed(p.assembler, "build", stages, "pad")  # batches padded into arrays
         _timed(p.model, "logits", stages, "forward")
         _timed(p, "finish", stages, "reduce")
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     results = guard.check_many(prompts)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     records = [r.to_dict() for r in results]
     bad = [r for r in records if r["status"] != "ok"]
     if bad:
@@ -154,7 +155,8 @@ def run_crossguard(spec: dict, prompts: list[str]) -> dict:
     probs = [{by_rule.get(k, k): v.get("probability", v.get("entailment")) for k, v in r["scores"].items()}
              for r in records]
     stats = {key: sum(p.stats[key] for p in parts) for key in ("pairs", "tokens", "padded_tokens", "batches")}
-    return {"load_s": load, "seconds": seconds, "dtype": str(guard.models[-1].dtype).replace("torch.", ""),
+    return {"load_s": load, "seconds": seconds, "cpu_s": cpu,
+            "dtype": str(guard.models[-1].dtype).replace("torch.", ""),
             "dtypes": [str(m.dtype).replace("torch.", "") for m in guard.models], "probs": probs,
             "scores": [r["scores"] for r in records], "windows": [r["windows"] for r in records],
             "stages": dict(stages), **stats}

@@ -162,7 +162,10 @@ def fire(server, texts, path="/v1/check"):
     def client(i):
         barrier.wait()
         start = time.perf_counter()
-        status, headers, body = server.post(path, {"input": [texts[i]]})
+        try:
+            status, headers, body = server.post(path, {"input": [texts[i]]})
+        except OSError as exc:  # reported by the assertions on `out`, not lost in a thread
+            status, headers, body = None, {}, f"{type(exc).__name__}: {exc}"
         out[i] = (status, headers, body, time.perf_counter() - start)
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(len(texts))]
@@ -179,7 +182,7 @@ def test_overload_refuses_fast_with_retry_after_and_answers_every_accepted_reque
     threads, tail = fire(slow, long_prompts[1:])  # the rest at once, while the first is scored
     for t in first + threads:
         t.join(120)
-    out = head + tail
+    out = head + tail  # filled by the client threads
     refused = [o for o in out if o[0] == 429]
     accepted = [(text, o) for text, o in zip(long_prompts, out, strict=True) if o[0] == 200]
     assert refused and accepted and len(refused) + len(accepted) == len(long_prompts)
@@ -206,9 +209,9 @@ def test_sigterm_finishes_requests_in_flight_then_exits_0(slow, long_prompts):
     rest, tail = fire(slow, texts[1:])
     wait_for(slow, lambda m: taken_in(m) >= before + 3, "all three requests accepted")
     slow.signal(signal.SIGTERM)
-    out = head + tail
     for t in first + rest:
         t.join(60)
+    out = head + tail  # filled by the client threads
     for text, (status, _, body, _) in zip(texts, out, strict=True):
         assert status == 200, body
         scores_close(body["results"][0], slow.expected[text])
