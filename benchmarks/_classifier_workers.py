@@ -133,7 +133,8 @@ def run_crossguard(spec: dict, prompts: list[str]) -> dict:
     part = spec.get("part", "classifier")
     stages = defaultdict(float)
     start = time.perf_counter()
-    guard = Guard(_rules(spec, part), model=spec.get("nli_model"), device=spec["device"], dtype=spec["dtype"])
+    guard = Guard(_rules(spec, part), model=spec.get("nli_model"), device=spec["device"], dtype=spec["dtype"],
+                  long_input=spec.get("long_input", "window"))
     load = time.perf_counter() - start
     guard.check_many(prompts[:WARMUP_PROMPTS])
     scorer = guard._scorer

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import closing
 from typing import Any
 
@@ -194,6 +194,24 @@ class Guard:
         # Tokenising the next groups and running the model overlap with the caller's writing;
         # the lock is taken around each forward pass, so other callers of this Guard interleave.
         with closing(stream(self._scorer, records, lock=self._lock)) as scored:
+            for outs in scored:
+                yield [Result(out) for out in outs]
+
+    def pipeline(self, groups: Iterable[Sequence[str | Record | Mapping[str, Any]]],
+                 stop: threading.Event | None = None) -> Iterator[list[Result]]:
+        """Results of each group the caller forms, in order, as each is scored; one result per item.
+
+        Unlike `stream`, the caller decides what is scored together (the service's worker gives
+        the requests waiting, a round at a time). While the model runs one group, other threads
+        tokenise and pad the next ones and this thread builds the last one's results, so a
+        fast device is never kept waiting by the host. The lock is taken around each forward
+        pass. `stop` is set when the pipeline ends (the caller stopped, or a failure): a
+        `groups` iterator that waits for work should watch it and end.
+        """
+        from crossguard_cli.engine.stream import score_groups
+
+        records = ([_record(item, None) for item in group] for group in groups)
+        with closing(score_groups(self._scorer, records, self._lock, stop=stop)) as scored:
             for outs in scored:
                 yield [Result(out) for out in outs]
 

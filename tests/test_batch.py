@@ -239,11 +239,24 @@ def test_pairs_of_a_group_share_forward_passes_sorted_by_length(spied_scorer, mo
     prompts = short_prompts(moderation_records, 8)
     prompts = [prompts[0], prompts[5], prompts[0], prompts[3], prompts[7], prompts[5], prompts[1]]
     records = [Record("t", i + 1, text=p) for i, p in enumerate(prompts)]
-    calls.clear()
-    together = score_records(scorer, records)
     n_pairs = len(set(prompts)) * len(scorer.hypotheses)  # repeats are scored once
+    assert scorer.similar == 0.9  # on a CPU a batch holds pairs within 90% of its longest
+    calls.clear()
+    cpu = score_records(scorer, records)
+    assert sum(len(c) for c in calls) == n_pairs and len(calls) > 1
+    assert all(min(c) >= 0.9 * max(c) for c in calls)
+    flat = [n for c in calls for n in c]
+    assert flat == sorted(flat, reverse=True)
+
+    scorer.similar = 0.0  # as on a GPU: whatever fits the budget shares a pass
+    try:
+        calls.clear()
+        together = score_records(scorer, records)
+    finally:
+        scorer.similar = 0.9
     assert [len(c) for c in calls] == [n_pairs]
     assert calls[0] == sorted(calls[0], reverse=True)
+    assert [r["scores"] for r in cpu] == [r["scores"] for r in together]
 
     scorer.batch_size = 3
     try:
@@ -305,6 +318,9 @@ def test_out_of_memory_retries_smaller_outside_the_handler_and_keeps_the_smaller
         return real(self, ids, mask, types)
 
     monkeypatch.setattr(LoadedModel, "logits", tight_memory)
+    import crossguard_cli.engine.scorer as scorer_module
+
+    monkeypatch.setattr(scorer_module, "CPU_SIMILAR", 0.0)  # batches cut by the budget only: the first holds 32
     code, out, err = batch("--input-format", "text", "--batch-size", "32", stdin=stdin)
     assert code == 2
     assert sizes[0] == 32 and 16 in sizes and 8 in sizes and 4 in sizes  # halved on each failure

@@ -115,6 +115,7 @@ def test_decoder_pads_with_eos_and_pools_each_rows_last_real_token(classifier_di
     tok = model.tokenizer
     assert tok.pad_token_id == tok.eos_token_id == model.module.config.pad_token_id
     scorer = guard._scorer
+    scorer.similar = 0.0  # short and long rows in one padded batch, as on a GPU (a CPU keeps lengths apart)
     prompts = ["a", "a much longer prompt than the first one, with many more tokens in it", *PROMPTS_WITH_CONTROL_TEXT]
     prepared = scorer.prepare(prompts)
     (batch,) = list(scorer.batches(prepared))

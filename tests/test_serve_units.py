@@ -18,7 +18,8 @@ from crossguard_cli.engine.results import Result  # noqa: E402
 from crossguard_cli.errors import UsageError  # noqa: E402
 from crossguard_cli.records.inputs import Record  # noqa: E402
 from crossguard_cli.rules import parse_rules  # noqa: E402
-from crossguard_cli.serve.batcher import MicroBatcher, QueueFull, ScoringFailed, Unavailable  # noqa: E402
+from crossguard_cli.serve.batcher import MicroBatcher  # noqa: E402
+from crossguard_cli.serve.jobs import QueueFull, ScoringFailed, Unavailable  # noqa: E402
 from crossguard_cli.serve.options import ServeOptions  # noqa: E402
 from crossguard_cli.serve.protocol import ApiError, moderation_response, parse_request, unscored  # noqa: E402
 from crossguard_cli.serve.security import authorized, is_loopback  # noqa: E402
@@ -137,6 +138,15 @@ class FakeGuard:
         return [Result({"source": r.source, "line": r.line, "text": r.text, "status": "ok", "verdict": "allowed",
                         "flagged": [], "uncertain": []}) for r in records]
 
+    def pipeline(self, groups, stop=None):
+        """`Guard.pipeline`'s contract, run in the caller's thread: results per group, in order."""
+        try:
+            for group in groups:
+                yield self.check_many(group)
+        finally:
+            if stop is not None:
+                stop.set()
+
     def with_rules(self, path):
         if path == "bad.yaml":
             from crossguard_cli.errors import RulesError
@@ -168,17 +178,17 @@ def test_an_idle_server_scores_a_lone_request_at_once():
     assert [r.text for r in results] == ["alone"]
 
 
-def test_warm_up_scores_in_the_worker_thread_before_start_returns():
+def test_warm_up_goes_through_the_pipeline_before_start_returns():
     seen = []
 
     class Recording(FakeGuard):
         def check_many(self, recs):
-            seen.append((threading.current_thread().name, [getattr(r, "text", r) for r in recs]))
-            return super().check_many([r if isinstance(r, Record) else Record("input", 1, text=r) for r in recs])
+            seen.append([r.text for r in recs])
+            return super().check_many(recs)
 
     batcher = MicroBatcher(Recording(), warm_up=True)
     batcher.start()
-    assert seen == [("crossguard-scorer", ["warm-up"])]  # torch runs in one thread only (issue 18)
+    assert seen == [["warm-up"]]  # the same path as requests: torch runs in the pipeline's thread only
     batcher.stop()
 
 
@@ -320,7 +330,7 @@ def test_a_dead_worker_fails_waiting_requests_and_health(monkeypatch):
         run_async(ask())
 
 
-def test_a_round_is_scored_in_passes_of_similar_length_shortest_first():
+def test_a_round_is_one_group_when_one_pass_holds_it_else_groups_of_similar_length_shortest_first():
     from crossguard_cli.serve.batcher import Job
     from crossguard_cli.serve.sizing import passes
 
@@ -329,6 +339,8 @@ def test_a_round_is_scored_in_passes_of_similar_length_shortest_first():
 
     jobs = [job(w) for w in (100, 30, 480, 90, 400, 28, 500)]
     assert [[j.width for j in p] for p in passes(jobs)] == [[30, 28], [100, 90], [500, 480, 400]]
+    assert [[j.width for j in p] for p in passes(jobs, 1627)] == [[30, 28], [100, 90], [500, 480, 400]]
+    assert passes(jobs, 1628) == [jobs]  # one forward pass holds the round: one group, as given
     assert passes(jobs[:1]) == [[jobs[0]]]
 
 
@@ -348,3 +360,38 @@ def test_the_round_budget_follows_the_scorers_budget_after_an_out_of_memory_redu
     guard.batch_tokens = 1024  # the scorer halved its budget after running out of memory
     assert batcher.budget == 4 * 1024
     assert MicroBatcher(guard, batch_tokens=1).budget == 1  # --batch-tokens wins
+
+
+def test_a_real_guard_runs_every_forward_pass_in_one_thread_warm_up_included(model_dir):
+    # Issue 18: a second thread that has run torch keeps a second OpenMP team and slows every pass.
+    from crossguard_cli import Guard
+
+    guard = Guard(RULES, str(model_dir), device="cpu", dtype="float32")
+    threads = []
+    model = guard.model
+    logits = model.logits
+
+    def spy(*args):
+        threads.append(threading.get_ident())
+        return logits(*args)
+
+    model.logits = spy
+    batcher = MicroBatcher(guard, warm_up=True)
+    batcher.start()
+    assert len(threads) == 1 and threads[0] != threading.get_ident()  # warmed up before start returned
+
+    async def ask(text):
+        with batcher.arrival() as ticket:
+            future = ticket.submit(records(text))
+        return (await asyncio.wait_for(future, timeout=60))[1]
+
+    async def many():
+        return await asyncio.gather(*(ask(f"prompt number {i}") for i in range(6)))
+
+    answers = run_async(many())
+    batcher.stop()
+    served = list(threads)
+    assert len(served) >= 2 and len(set(served)) == 1  # the warm-up's thread ran every request's pass
+    assert [[r.text for r in a] for a in answers] == [[f"prompt number {i}"] for i in range(6)]
+    expected = [guard.check_many(records(f"prompt number {i}"))[0].to_dict() for i in range(6)]
+    assert [a[0].to_dict() for a in answers] == expected  # the pipeline scores as check_many does

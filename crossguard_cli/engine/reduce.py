@@ -91,8 +91,7 @@ def best_scores(ruleset: RuleSet, n_prompts: int, prompt: np.ndarray, hypothesis
         cut: per prompt, whether windows were dropped (truncation).
         dtype: the model's dtype, named in the non-finite error.
     """
-    hyps = ruleset.hypotheses
-    n_hyp = len(hyps)
+    n_hyp = len(ruleset.hypotheses)
     n_pairs = len(prompt)
     bad = np.zeros(n_prompts, dtype=bool)
     bad[prompt[failed]] = True
@@ -103,41 +102,70 @@ def best_scores(ruleset: RuleSet, n_prompts: int, prompt: np.ndarray, hypothesis
     usable = ~(failed | ~finite)
     # Pairs come grouped by (prompt, hypothesis), windows in order: each cell is a run of rows.
     cell = prompt * n_hyp + hypothesis
-    starts = np.flatnonzero(np.r_[True, cell[1:] != cell[:-1]]) if n_pairs else np.zeros(0, dtype=np.int64)
-    counts = np.diff(np.r_[starts, n_pairs])
-    windows = np.zeros(n_prompts * n_hyp, dtype=np.int64)
-    windows[cell[starts]] = counts
-    run_of = np.repeat(np.arange(len(starts)), counts)
     clean = np.where(usable[:, None], probs, -1.0)  # a prompt with an unusable pair is an error anyway
     width = probs.shape[1]
     best = np.full((n_prompts * n_hyp, 3, width), -1.0)  # [prompt x hypothesis, deciding label, E/N/C(/U)]
-    for lab in range(3):
-        top = np.maximum.reduceat(clean[:, lab], starts) if n_pairs else np.zeros(0)
-        hit = np.flatnonzero(clean[:, lab] == top[run_of])
-        first = hit[np.r_[True, run_of[hit[1:]] != run_of[hit[:-1]]]] if len(hit) else hit  # earliest best window
-        best[cell[first], lab] = clean[first]
+    windows = np.zeros(n_prompts * n_hyp, dtype=np.int64)
+    starts = np.flatnonzero(np.r_[True, cell[1:] != cell[:-1]]) if n_pairs else np.zeros(0, dtype=np.int64)
+    if len(starts) == n_pairs:  # one window a cell (prompts that fit): each pair is its cell's best
+        windows[cell] = 1
+        best[cell] = clean[:, None, :]
+    else:
+        counts = np.diff(np.r_[starts, n_pairs])
+        windows[cell[starts]] = counts
+        run_of = np.repeat(np.arange(len(starts)), counts)
+        for lab in range(3):
+            top = np.maximum.reduceat(clean[:, lab], starts)
+            hit = np.flatnonzero(clean[:, lab] == top[run_of])
+            first = hit[np.r_[True, run_of[hit[1:]] != run_of[hit[:-1]]]] if len(hit) else hit  # earliest best
+            best[cell[first], lab] = clean[first]
     best = best.reshape(n_prompts, n_hyp, 3, width)
-    names, columns = [], []
-    rows = np.arange(n_prompts)
-    for rule in ruleset.rules:
-        idx = np.asarray([hyps.index(h) for h in rule.hypotheses])
-        lab = LABEL_INDEX[rule.label]
-        pos = np.argmax(best[:, idx, lab, lab], axis=1)  # first best hypothesis on a tie
-        enc = best[rows, idx[pos], lab]
-        names.append(rule.name)
-        abstain = enc[:, 3].tolist() if width > 3 else [None] * n_prompts
-        columns.append(list(map(RuleScore, enc[:, 0].tolist(), enc[:, 1].tolist(), enc[:, 2].tolist(),
-                                pos.tolist(), abstain)))
+    idx, lab, valid = _rule_table(ruleset)
+    # Every rule at once: its hypotheses' deciding-label probabilities, padding slots below any score.
+    deciding = best[:, idx, lab[:, None], lab[:, None]]  # [prompt, rule, slot]
+    deciding[:, ~valid] = -2.0
+    pos = np.argmax(deciding, axis=2)  # first best hypothesis on a tie
+    chosen = idx[np.arange(len(lab)), pos]  # [prompt, rule]: hypothesis index
+    enc = best[np.arange(n_prompts)[:, None], chosen, lab[None, :]]  # [prompt, rule, E/N/C(/U)]
+    names = [rule.name for rule in ruleset.rules]
     k = windows.reshape(n_prompts, n_hyp).max(axis=1, initial=1).tolist()
+    values, positions = enc.tolist(), pos.tolist()
     results = []
-    for p, scores in enumerate(zip(*columns, strict=True) if columns else [()] * n_prompts):
+    for p in range(n_prompts):
         if bad[p] or nonfinite[p]:
             why = ("out of memory scoring this prompt even one pair at a time" if bad[p] else
                    f"the model gave non-finite scores in {dtype}; try --dtype float32")
             results.append(PromptScores({}, k[p], bool(cut[p]), why))
-        else:
-            results.append(PromptScores(dict(zip(names, scores, strict=True)), k[p], bool(cut[p])))
+            continue
+        rules = {name: RuleScore(v[0], v[1], v[2], h, v[3] if width > 3 else None)
+                 for name, v, h in zip(names, values[p], positions[p], strict=True)}
+        results.append(PromptScores(rules, k[p], bool(cut[p])))
     return results
+
+
+_TABLES: dict[int, tuple[RuleSet, tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+
+
+def _rule_table(ruleset: RuleSet) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per rule: its hypotheses' indices (padded to the longest rule), its label's column, and
+    which slots are real. Built once per rule set: a group's reduction must not walk the rules."""
+    cached = _TABLES.get(id(ruleset))
+    if cached is not None and cached[0] is ruleset:
+        return cached[1]
+    hyps = ruleset.hypotheses
+    rules = ruleset.rules
+    width = max((len(rule.hypotheses) for rule in rules), default=1)
+    idx = np.zeros((len(rules), width), dtype=np.int64)
+    valid = np.zeros((len(rules), width), dtype=bool)
+    for r, rule in enumerate(rules):
+        row = [hyps.index(h) for h in rule.hypotheses]
+        idx[r, : len(row)] = row
+        valid[r, : len(row)] = True
+    lab = np.asarray([LABEL_INDEX[rule.label] for rule in rules], dtype=np.int64)
+    if len(_TABLES) > 64:  # rule sets come and go with reloads: keep the cache small
+        _TABLES.clear()
+    _TABLES[id(ruleset)] = (ruleset, (idx, lab, valid))
+    return idx, lab, valid
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:

@@ -47,6 +47,18 @@ def default_batching(device: str) -> tuple[int, int]:
     return 32, 4096
 
 
+# On a CPU a padded token costs as much as a real one, and one pass of several rows is no
+# cheaper per token than one row at a time (benchmarks/batch_gain.py: 1.0-1.6x at equal
+# lengths), so a batch holds only pairs within this share of its longest: at most 10% padding.
+# A GPU's pass costs much the same for few rows or many, so it takes whatever fits the budget.
+CPU_SIMILAR = 0.9
+
+
+def default_similar(device: str) -> float:
+    """The shortest pair a batch may hold, as a share of its longest (0: any that fits)."""
+    return 0.0 if str(device).startswith("cuda") else CPU_SIMILAR
+
+
 @dataclass
 class Batch:
     """Padded model inputs for the pairs at positions [start, stop) of a plan's length order."""
@@ -118,7 +130,9 @@ class WindowScorer:
         self.long_input = long_input
         self.max_chars = max_chars
         self.n_outputs = n_outputs
-        pairs, tokens = getattr(model, "batching", None) or default_batching(str(model.device))
+        batching = getattr(model, "batching", None)  # a simulated device says what suits it
+        pairs, tokens = batching or default_batching(str(model.device))
+        self.similar = 0.0 if batching else default_similar(str(model.device))
         self.batch_size = batch_size or pairs
         # An explicit pair count is what the user asked for: the token budget follows it.
         budget = batch_tokens or (batch_size * model.max_length if batch_size else tokens)
@@ -161,6 +175,8 @@ class WindowScorer:
         start = 0
         while start < len(plan):
             count = self._fits(int(lengths[start]))
+            if self.similar:  # lengths fall along the order: the pairs close to the longest are a prefix
+                count = max(1, int(np.count_nonzero(lengths[start : start + count] >= self.similar * lengths[start])))
             rows = plan.order[start : start + count]
             yield Batch(start, *self.assembler.build(plan, rows), lengths[start : start + count])
             start += len(rows)
@@ -337,4 +353,4 @@ def _release_memory() -> None:
 
 
 __all__ = ["LABEL_INDEX", "Batch", "Prepared", "PromptScores", "RuleScore", "Scorer", "WindowScorer",
-           "default_batching", "is_out_of_memory", "pad_id", "token_encoder"]
+           "default_batching", "default_similar", "is_out_of_memory", "pad_id", "token_encoder"]

@@ -133,10 +133,17 @@ def stream(scorer: Scorer, records: Iterable[Record], group_size: int | None = N
     size = group_size or group_size_for(scorer)
     cancel = threading.Event()
     grouped = groups(records, size, first=min(size, FIRST_GROUP), cancel=cancel)
+    # Closing stops (and joins) the threads when the caller stops early.
+    with closing(score_groups(scorer, grouped, lock, stop=cancel)) as scored:
+        yield from scored
 
+
+def score_groups(scorer: Scorer, grouped: Iterable[list[Record]], lock=None, stop: threading.Event | None = None
+                 ) -> Iterator[list[dict[str, Any]]]:
+    """Output records for each group the caller forms, in order, through `pipelined`: the next
+    groups are tokenised and padded while the model runs this one. `stream` forms groups from a
+    reader; the service forms them from the requests waiting."""
     def finish(group: list[Record], prepared) -> list[dict[str, Any]]:
         return records_for(scorer, group, scorer.finish(prepared))
 
-    # Closing stops (and joins) the threads when the caller stops early.
-    with closing(pipelined(scorer, grouped, finish, lock, stop=cancel)) as scored:
-        yield from scored
+    return pipelined(scorer, grouped, finish, lock, stop=stop)

@@ -27,7 +27,8 @@ from starlette.routing import Route
 
 from crossguard_cli.serve import openapi, protocol
 from crossguard_cli.serve.access import NOTE, AccessMiddleware
-from crossguard_cli.serve.batcher import MicroBatcher, QueueFull, ScoringFailed, Unavailable
+from crossguard_cli.serve.batcher import MicroBatcher
+from crossguard_cli.serve.jobs import QueueFull, ScoringFailed, Unavailable
 from crossguard_cli.serve.metrics import Metrics
 from crossguard_cli.serve.options import ServeOptions
 from crossguard_cli.serve.protocol import ApiError

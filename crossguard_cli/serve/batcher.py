@@ -1,23 +1,22 @@
-"""The one scoring worker: inputs of concurrent requests scored together, the event loop never blocked.
+"""The scoring worker: inputs of concurrent requests scored together, the event loop never blocked.
 
-One thread owns the model. HTTP handlers (on the event loop) hand it a request's inputs and
-await a future. The worker takes every request waiting, up to a token budget (a *round*), and
-scores them in *passes*: one `Guard.check_many` call per group of requests of similar length
-(`sizing.py`), shortest first.
-`check_many` sorts a pass's (prompt, hypothesis) pairs by length and cuts them into forward
-passes. On a GPU that is the difference between one request per forward pass and dozens; on a
-CPU, padding a short prompt to a long one's length costs more than scoring them together saves
-(measured: benchmarks/RESULTS.md), hence passes of similar length, and short requests are not
-kept waiting behind long ones.
+HTTP handlers (on the event loop) hand the worker a request's inputs and await a future. The
+worker takes every request waiting, up to a token budget (a *round*), and hands it to
+`Guard.pipeline` as one group, or, when the round is more than one forward pass, as groups of
+requests of similar length, shortest first (`sizing.py`): on a CPU, padding a short prompt to a
+long one's length costs more than scoring them together saves, and short requests are not kept
+waiting behind long ones. The pipeline tokenises the next round while the model runs this one
+and builds the last one's answers meanwhile, so on a fast device (a GPU) the host's work never
+leaves the device idle: the next round is gathered from what arrived while the device worked.
 
 Gathering never delays an idle server: a lone request is scored at once. The worker waits (at
 most `batch_wait_ms`) only when more is on its way: requests whose bodies are being received,
 or fewer requests than the last round held (concurrent clients come back together).
 
-A request is never split between passes, and each request keeps the `Guard` (the rules) in force
-when it was accepted, so a rules reload, done by this same thread between rounds, can never give
-one request a mix of rule sets. The queue is bounded in inputs: a full queue refuses at once
-(`QueueFull`, with a retry estimate from the measured rate), it never grows without end.
+A request is never split between groups, and each request keeps the `Guard` (the rules) in force
+when it was accepted: a pipeline scores one Guard's requests only, and a rules reload (done by the
+worker between pipelines) can never give one request a mix of rule sets. The queue is bounded in
+inputs: a full queue refuses at once (`QueueFull`, with a retry estimate from the measured rate).
 """
 
 from __future__ import annotations
@@ -30,44 +29,17 @@ import math
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from crossguard_cli.api import Guard
 from crossguard_cli.errors import CrossguardError
-from crossguard_cli.records.inputs import Record
+from crossguard_cli.records.inputs import Record, record_from_text
+from crossguard_cli.serve.jobs import Job, QueueFull, ScoringFailed, Unavailable, deliver
 from crossguard_cli.serve.sizing import estimate_tokens, passes, round_budget
 
 log = logging.getLogger("crossguard_cli.serve")
-
-
-class QueueFull(Exception):
-    """The queue holds `--max-queue` inputs: refuse now, and say when to retry."""
-
-    def __init__(self, retry_after: int) -> None:
-        self.retry_after = retry_after
-        super().__init__(f"the queue is full; retry in {retry_after} s")
-
-
-class Unavailable(Exception):
-    """The worker is not running (stopping, or it failed): nothing can be scored."""
-
-
-class ScoringFailed(Exception):
-    """A scoring pass raised instead of giving error records: its requests fail closed (503)."""
-
-
-@dataclass(eq=False)
-class Job:
-    """One request's inputs, the Guard in force when it was accepted, and where its answer goes."""
-
-    records: list[Record]
-    guard: Guard
-    tokens: int  # estimated pair tokens of all its inputs
-    width: int  # estimated tokens of its longest pair
-    future: asyncio.Future
-    loop: asyncio.AbstractEventLoop
-    taken: bool = False  # off the queue and counted in `scoring` until answered
+POLL = 0.1  # seconds: how often a waiting worker looks at the pipeline's stop event
+WARM_UP = "warm-up"
 
 
 class Ticket:
@@ -97,13 +69,14 @@ class MicroBatcher:
         max_queue: inputs allowed to wait.
         rules_path: the file a reload reads (None: the packaged rules).
         metrics: a `Metrics`, or None.
-        warm_up: score one prompt in the worker thread before `start` returns, so lazy
+        warm_up: score one prompt through the pipeline before `start` returns, so lazy
             initialisation is paid before the first request.
 
-    Torch runs in the worker thread only: a second thread that has run torch's OpenMP kernels
-    (the main thread warming up, say) keeps a second OpenMP team alive, and with more OpenMP
-    threads than cores libgomp stops spinning between parallel regions: measured on a 2-core
-    CPU, one short pass took 34 ms instead of 18 ms (benchmarks/RESULTS.md, issue 18).
+    Torch runs in the pipeline's device thread only, warm-up included: a second thread that has
+    run torch's OpenMP kernels (the main thread warming up, say) keeps a second OpenMP team
+    alive, and with more OpenMP threads than cores libgomp stops spinning between parallel
+    regions: measured on a 2-core CPU, one short pass took 34 ms instead of 18 ms
+    (benchmarks/RESULTS.md, issue 18).
     """
 
     def __init__(self, guard: Guard, *, batch_wait_ms: float = 5.0, batch_tokens: int | None = None,
@@ -128,6 +101,8 @@ class MicroBatcher:
         self._stopping = False
         self._died = False
         self._rate: float | None = None  # inputs per second, smoothed
+        self._answered_at = 0.0  # perf_counter of the last answer
+        self._broken: BaseException | None = None  # a bug in gathering: the worker ends with it
         self._thread = threading.Thread(target=self._run, name="crossguard-scorer", daemon=True)
 
     # -- the event loop's side -------------------------------------------------------------
@@ -217,11 +192,6 @@ class MicroBatcher:
 
     def _run(self) -> None:
         try:
-            if self.warm_up:
-                try:
-                    self.guard.check_many(["warm-up"])
-                finally:
-                    self._warmed.set()
             self._loop()
         except BaseException as exc:  # noqa: BLE001 - a bug in the worker: fail every waiting request closed
             log.error("the scoring worker failed: %s: %s; restart the service", type(exc).__name__,
@@ -231,30 +201,88 @@ class MicroBatcher:
                 waiting, self._queue = list(self._queue), collections.deque()
                 self._queued = self._scoring = 0
             for job in waiting:
-                _deliver(job, error=Unavailable("the scoring worker failed"))
+                deliver(job, error=Unavailable("the scoring worker failed"))
+        finally:
+            self._warmed.set()  # `start` never waits for a worker that is gone
 
     def _loop(self) -> None:
+        warm = self.warm_up
         while True:
             with self._cond:
-                while not self._queue and not self._reload_pending and not self._stopping:
+                while not self._queue and not self._reload_pending and not self._stopping and not warm:
                     self._cond.wait()
                 reload = self._reload_pending
                 self._reload_pending = False
-                if not reload and not self._queue:
+                if not reload and not self._queue and not warm:
                     return  # stopping, and nothing left to score
-                jobs = [] if reload else self._gather()
+                guard = self._queue[0].guard if self._queue and not reload else self.guard
             if reload:
                 self._reload()
                 continue
-            for group in passes(jobs):
+            self._pipeline(guard, warm)
+            warm = False
+            if self._broken is not None:
+                raise self._broken
+
+    def _pipeline(self, guard: Guard, warm: bool) -> None:
+        """Score `guard`'s rounds through one `Guard.pipeline` until they end (a reload is due, the
+        next request has other rules, or the worker stops with nothing left)."""
+        inflight: collections.deque[tuple[list[Job] | None, float]] = collections.deque()
+        stop = threading.Event()
+        try:
+            for results in guard.pipeline(self._rounds(guard, inflight, stop, warm), stop):
+                with self._cond:
+                    jobs, started = inflight.popleft()
+                    self._cond.notify()  # one group fewer in flight: the next round may be taken
+                if jobs is None:  # the warm-up: torch's lazy set-up paid in the pipeline's own threads
+                    self._warmed.set()
+                    continue
                 try:
-                    self._score(group)
+                    self._answer(jobs, results, started)
                 except Exception as exc:  # noqa: BLE001 - a bug after scoring: fail closed, keep serving
                     log.error("internal error in the scoring worker: %s: %s", type(exc).__name__, exc)
-                    for job in group:
-                        _deliver(job, error=ScoringFailed(f"internal error: {type(exc).__name__}"))
-                finally:
-                    self._release(group)
+                    self._fail(jobs, ScoringFailed(f"internal error: {type(exc).__name__}"))
+        except Exception as exc:  # noqa: BLE001 - scoring raised: what is in flight fails closed, keep serving
+            log.error("scoring failed: %s: %s", type(exc).__name__, " ".join(str(exc).split()))
+            while inflight:
+                jobs, _ = inflight.popleft()
+                if jobs is not None:
+                    self._fail(jobs, ScoringFailed(f"scoring failed: {type(exc).__name__}"))
+        finally:
+            self._warmed.set()
+
+    def _rounds(self, guard: Guard, inflight: collections.deque, stop: threading.Event, warm: bool
+                ) -> Iterator[list[Record]]:
+        """The pipeline's groups (run in its prepare thread): each round's requests, noted in
+        `inflight` in the order they are yielded, so answers find their requests."""
+        try:
+            if warm:
+                inflight.append((None, time.perf_counter()))
+                yield [record_from_text(WARM_UP, None, None)]
+            jobs: list[Job] = []
+            while True:
+                with self._cond:
+                    # Requests gather while the device has work: the next round is taken when at
+                    # most one group is still in flight (the one the device runs), so it is
+                    # tokenised while that pass runs, and holds what arrived meanwhile.
+                    while ((not self._queue or len(inflight) > 1) and not self._reload_pending
+                           and not self._stopping and not stop.is_set()):
+                        self._cond.wait(POLL)
+                    if (stop.is_set() or self._reload_pending or not self._queue
+                            or self._queue[0].guard is not guard):
+                        return
+                    jobs = self._gather()
+                groups = passes(jobs, guard.batch_tokens)
+                now = time.perf_counter()
+                inflight.extend((group, now) for group in groups)  # all before the first yield: none is lost
+                jobs = []
+                for group in groups:
+                    yield [rec for job in group for rec in job.records]
+        except GeneratorExit:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - a bug in gathering: the worker ends, failing closed
+            self._broken = exc
+            self._fail(jobs, Unavailable("the scoring worker failed"))
 
     def _gather(self) -> list[Job]:
         """Jobs for one round (the lock is held; waiting releases it)."""
@@ -283,28 +311,26 @@ class MicroBatcher:
         self._concurrency = len(jobs)
         return jobs
 
-    def _score(self, jobs: Sequence[Job]) -> None:
-        guard = jobs[0].guard
-        records = [rec for job in jobs for rec in job.records]
-        start = time.perf_counter()
-        try:
-            results = guard.check_many(records)
-        except Exception as exc:  # noqa: BLE001 - fail these requests closed, keep serving
-            log.error("scoring failed: %s: %s", type(exc).__name__, " ".join(str(exc).split()))
-            self._release(jobs)
-            for job in jobs:
-                _deliver(job, error=ScoringFailed(f"scoring failed: {type(exc).__name__}"))
-            return
-        seconds = time.perf_counter() - start
-        rate = len(records) / max(seconds, 1e-6)
+    def _answer(self, jobs: Sequence[Job], results: list, started: float) -> None:
+        now = time.perf_counter()
+        # The rate counts from the later of the group's start and the last answer: with rounds
+        # overlapping in the pipeline, that is the time this group added.
+        seconds = now - max(started, self._answered_at)
+        self._answered_at = now
+        rate = len(results) / max(seconds, 1e-6)
         self._rate = rate if self._rate is None else 0.7 * self._rate + 0.3 * rate
         self._release(jobs)  # before the counts and answers: scoring + scored never counts an input twice
         if self.metrics is not None:
-            self.metrics.observe_pass(len(jobs), len(records), seconds, results)
+            self.metrics.observe_pass(len(jobs), len(results), now - started, results)
         at = 0
         for job in jobs:
-            _deliver(job, value=(job.guard, results[at: at + len(job.records)]))
+            deliver(job, value=(job.guard, results[at: at + len(job.records)]))
             at += len(job.records)
+
+    def _fail(self, jobs: Sequence[Job], error: BaseException) -> None:
+        self._release(jobs)
+        for job in jobs:
+            deliver(job, error=error)
 
     def _release(self, jobs: Sequence[Job]) -> None:
         """Jobs leave `scoring` (once each)."""
@@ -343,19 +369,6 @@ class MicroBatcher:
     def _count_reload(self, result: str) -> None:
         if self.metrics is not None:
             self.metrics.reloads.labels(result=result).inc()
-
-
-def _deliver(job: Job, value: Any = None, error: BaseException | None = None) -> None:
-    def settle() -> None:
-        if job.future.done():  # the handler went away (cancelled)
-            return
-        if error is not None:
-            job.future.set_exception(error)
-        else:
-            job.future.set_result(value)
-
-    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
-        job.loop.call_soon_threadsafe(settle)
 
 
 __all__ = ["Job", "MicroBatcher", "QueueFull", "ScoringFailed", "Ticket", "Unavailable"]

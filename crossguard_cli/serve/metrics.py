@@ -49,11 +49,17 @@ class Metrics:
         self.info.labels(model=model).set(1)
         for result in ("ok", "error"):
             self.reloads.labels(result=result)
+        self._series: dict[tuple[str, int], tuple] = {}
 
     def observe_request(self, path: str, status: int, seconds: float) -> None:
-        endpoint = path if path in ENDPOINTS else "other"
-        self.requests.labels(endpoint=endpoint, status=str(status)).inc()
-        self.latency.labels(endpoint=endpoint).observe(seconds)
+        """One answered request (on the event loop: the labelled series are looked up once each)."""
+        key = (path if path in ENDPOINTS else "other", status)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = (self.requests.labels(endpoint=key[0], status=str(status)),
+                                          self.latency.labels(endpoint=key[0]))
+        series[0].inc()
+        series[1].observe(seconds)
 
     def observe_pass(self, requests: int, inputs: int, seconds: float, results: Sequence[Result]) -> None:
         """One scoring pass (called by the worker thread; prometheus-client is thread-safe)."""

@@ -18,8 +18,10 @@ if TYPE_CHECKING:
 
 
 class Sized(Protocol):
-    """What sizing needs of a request (the batcher's `Job`): its longest pair's estimated tokens."""
+    """What sizing needs of a request (the batcher's `Job`): estimated tokens of all its pairs and
+    of its longest pair."""
 
+    tokens: int
     width: int
 
 
@@ -29,8 +31,14 @@ ROUND_PASSES = 4  # a round holds this many forward passes' worth of pair tokens
 SIMILAR = 0.75  # a pass holds requests whose longest pair is at least this share of the pass's longest
 
 
-def passes(jobs: Sequence[J]) -> list[list[J]]:
-    """A round's jobs as passes of similar width, shortest first (a job is never split)."""
+def passes(jobs: Sequence[J], pass_tokens: int | None = None) -> list[list[J]]:
+    """A round's jobs as groups of similar width, shortest first (a job is never split).
+
+    A round that fits in one forward pass (`pass_tokens`: the scorer's budget) stays whole: on
+    a GPU, where a pass costs much the same for one request as for dozens, splitting it would
+    only add passes."""
+    if pass_tokens is not None and sum(j.tokens for j in jobs) <= pass_tokens:
+        return [list(jobs)] if jobs else []
     out: list[list[J]] = []
     for job in sorted(jobs, key=lambda j: j.width, reverse=True):
         if out and job.width >= SIMILAR * out[-1][0].width:

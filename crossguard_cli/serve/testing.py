@@ -32,10 +32,14 @@ class ServerProcess:
         args: arguments after `serve` (model, rules, limits...).
         env: the environment (None: this process's).
         timeout: seconds to wait for the startup line.
+        command: the program that takes `serve ARGS` (None: `python -m crossguard_cli`); tests and
+            benchmarks pass a wrapper that swaps the model for a gated or simulated one.
     """
 
-    def __init__(self, args: Sequence[str], env: Mapping[str, str] | None = None, timeout: float = 120.0) -> None:
+    def __init__(self, args: Sequence[str], env: Mapping[str, str] | None = None, timeout: float = 120.0,
+                 command: Sequence[str] | None = None) -> None:
         self.args = list(args)
+        self.command = list(command or [sys.executable, "-m", "crossguard_cli"])
         self.env = dict(os.environ if env is None else env)
         self.timeout = timeout
         self.lines: list[str] = []
@@ -47,7 +51,7 @@ class ServerProcess:
         self._started = threading.Event()
 
     def start(self) -> ServerProcess:
-        cmd = [sys.executable, "-m", "crossguard_cli", "serve", "--port", "0", *self.args]
+        cmd = [*self.command, "serve", "--port", "0", *self.args]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      env=self.env, text=True, encoding="utf-8")
         self._reader = threading.Thread(target=self._read, daemon=True)
