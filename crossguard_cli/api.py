@@ -175,43 +175,49 @@ class Guard:
                 out.extend(Result(r) for r in score_records(self._scorer, records[at : at + size]))
         return out
 
-    def stream(self, items: Iterable[str | Record | Mapping[str, Any]]) -> Iterator[Result]:
+    def stream(self, items: Iterable[str | Record | Mapping[str, Any]], overlap: bool | None = None
+               ) -> Iterator[Result]:
         """Lazily score an iterable of any size: one result per item, in order, as groups are scored.
 
         The iterable is read by a thread as the model works, a group at a time (enough to fill
         several forward passes), so memory stays flat; a quiet input is scored after a few
         milliseconds rather than waiting for a full group. Strings get `source` "input" and
-        their 1-based position as `line`.
+        their 1-based position as `line`. `overlap`: as for `pipeline` (None: tokenise the next
+        groups beside the model unless it runs on the CPU).
         """
-        for group in self.stream_groups(items):
+        for group in self.stream_groups(items, overlap):
             yield from group
 
-    def stream_groups(self, items: Iterable[str | Record | Mapping[str, Any]]) -> Iterator[list[Result]]:
+    def stream_groups(self, items: Iterable[str | Record | Mapping[str, Any]], overlap: bool | None = None
+                      ) -> Iterator[list[Result]]:
         """`stream`, a list per scored group: front ends flush their output after each."""
         from crossguard_cli.engine.stream import stream
 
         records = (_record(item, i) for i, item in enumerate(items, start=1))
-        # Tokenising the next groups and running the model overlap with the caller's writing;
-        # the lock is taken around each forward pass, so other callers of this Guard interleave.
-        with closing(stream(self._scorer, records, lock=self._lock)) as scored:
+        # On a GPU, tokenising the next groups and running the model overlap with the caller's
+        # writing; the lock is taken around each forward pass, so other callers of this Guard interleave.
+        with closing(stream(self._scorer, records, lock=self._lock, overlap=overlap)) as scored:
             for outs in scored:
                 yield [Result(out) for out in outs]
 
     def pipeline(self, groups: Iterable[Sequence[str | Record | Mapping[str, Any]]],
-                 stop: threading.Event | None = None) -> Iterator[list[Result]]:
+                 stop: threading.Event | None = None, overlap: bool | None = None) -> Iterator[list[Result]]:
         """Results of each group the caller forms, in order, as each is scored; one result per item.
 
         Unlike `stream`, the caller decides what is scored together (the service's worker gives
-        the requests waiting, a round at a time). While the model runs one group, other threads
-        tokenise and pad the next ones and this thread builds the last one's results, so a
-        fast device is never kept waiting by the host. The lock is taken around each forward
-        pass. `stop` is set when the pipeline ends (the caller stopped, or a failure): a
-        `groups` iterator that waits for work should watch it and end.
+        the requests waiting, a round at a time). With `overlap`, while the model runs one group
+        other threads tokenise and pad the next ones and this thread builds the last one's
+        results, so a fast device is never kept waiting by the host; `groups` is then read from
+        another thread. Without it, each group is scored in this thread, one after another: on a
+        CPU the model's own threads use every core, and host work beside them only slows the
+        pass (benchmarks/RESULTS.md, issue 18). None (the default): overlap unless the model
+        runs on the CPU. `stop` is set when the pipeline ends (the caller stopped, or a
+        failure): a `groups` iterator that waits for work should watch it and end.
         """
         from crossguard_cli.engine.stream import score_groups
 
         records = ([_record(item, None) for item in group] for group in groups)
-        with closing(score_groups(self._scorer, records, self._lock, stop=stop)) as scored:
+        with closing(score_groups(self._scorer, records, self._lock, stop=stop, overlap=overlap)) as scored:
             for outs in scored:
                 yield [Result(out) for out in outs]
 

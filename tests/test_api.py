@@ -164,6 +164,20 @@ def test_check_many_takes_strings_records_and_mappings_in_order(model_dir):
     assert guard.check_many([]) == []
 
 
+@pytest.mark.parametrize("overlap", [False, True], ids=["in-turn", "overlapped"])
+def test_pipeline_scores_the_callers_groups_as_check_many_does(model_dir, moderation_records, overlap):
+    guard = Guard(model=str(model_dir), device="cpu", dtype="float32")
+    texts = [r["prompt"] for r in moderation_records[:12]]
+    groups = [texts[:5], texts[5:6], ["", *texts[6:]]]  # a blank item keeps its place, unscored
+    stop = threading.Event()
+    out = list(guard.pipeline(iter(groups), stop, overlap=overlap))
+    assert stop.is_set()  # set when the pipeline ends, so a waiting source can end too
+    assert [len(g) for g in out] == [len(g) for g in groups]
+    flat = [r.to_dict() for g in out for r in g]
+    expected = [r.to_dict() for r in guard.check_many([t for g in groups for t in g])]
+    assert flat == expected and flat[6]["status"] == "empty"
+
+
 def test_stream_is_lazy_and_in_order(model_dir):
     """The input is read as results are produced: a source that waits for the first result must not
     deadlock, and every item gives one result in its place."""

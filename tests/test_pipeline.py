@@ -94,13 +94,14 @@ def test_batches_hold_exactly_the_tokenizers_pairs(models, moderation_records, n
         list(first["input_ids"])
 
 
-def test_pipelined_stream_equals_group_by_group_scoring(models, moderation_records):
+@pytest.mark.parametrize("overlap", [True, False], ids=["pipelined", "in-turn"])
+def test_stream_equals_group_by_group_scoring(models, moderation_records, overlap):
     model = models["bert-CEN"]
     prompts = [r["prompt"] for r in moderation_records[:60]]
     records = [Record("t", i + 1, text=p) for i, p in enumerate(prompts)] + [Record("t", 61, text="  ")]
     scorer = Scorer(model, RULES, batch_size=16)
     expect = [out for i in range(0, len(records), 8) for out in score_records(scorer, records[i : i + 8])]
-    got = [out for group in stream(Scorer(model, RULES, batch_size=16), iter(records), group_size=8)
+    got = [out for group in stream(Scorer(model, RULES, batch_size=16), iter(records), group_size=8, overlap=overlap)
            for out in group]
     assert [{k: v for k, v in g.items() if k != "scores"} for g in got] == \
         [{k: v for k, v in e.items() if k != "scores"} for e in expect]
@@ -145,7 +146,7 @@ def test_the_next_group_is_prepared_while_the_device_runs(models, moderation_rec
         return out
 
     scorer.prepare = timed_prepare
-    groups = list(stream(scorer, iter(_records(moderation_records, 40)), group_size=10))
+    groups = list(stream(scorer, iter(_records(moderation_records, 40)), group_size=10, overlap=True))
     assert [len(g) for g in groups] == [10, 10, 10, 10]
     assert {name for *_, name in prepares} == {"crossguard-prepare"}
     # Groups after the first are prepared while forward passes run (one after another, none would
@@ -159,12 +160,13 @@ def test_a_device_failure_reaches_the_caller_after_the_groups_before_it(models, 
     scorer = Scorer(device, RULES, batch_size=8)
     got = []
     with pytest.raises(RuntimeError, match="device fell over"):
-        for group in stream(scorer, iter(_records(moderation_records, 40)), group_size=2):
+        for group in stream(scorer, iter(_records(moderation_records, 40)), group_size=2, overlap=True):
             got.append(group)
     assert len(got) >= 1 and [r["line"] for g in got for r in g] == list(range(1, 2 * len(got) + 1))
 
 
-def test_stopping_early_ends_the_pipeline_threads(models, moderation_records):
+@pytest.mark.parametrize("overlap", [True, False], ids=["pipelined", "in-turn"])
+def test_stopping_early_ends_the_pipeline_threads(models, moderation_records, overlap):
     quiet = threading.Event()
 
     def source():
@@ -176,7 +178,7 @@ def test_stopping_early_ends_the_pipeline_threads(models, moderation_records):
         return [t.name for t in threading.enumerate() if t.name in names]
 
     scorer = Scorer(SlowDevice(models["bert-ENC"], seconds=0.01), RULES)
-    scored = stream(scorer, source(), group_size=5)
+    scored = stream(scorer, source(), group_size=5, overlap=overlap)
     assert len(next(scored)) == 5
     scored.close()
     deadline = time.monotonic() + 5

@@ -138,7 +138,7 @@ class FakeGuard:
         return [Result({"source": r.source, "line": r.line, "text": r.text, "status": "ok", "verdict": "allowed",
                         "flagged": [], "uncertain": []}) for r in records]
 
-    def pipeline(self, groups, stop=None):
+    def pipeline(self, groups, stop=None, overlap=None):
         """`Guard.pipeline`'s contract, run in the caller's thread: results per group, in order."""
         try:
             for group in groups:
@@ -362,7 +362,8 @@ def test_the_round_budget_follows_the_scorers_budget_after_an_out_of_memory_redu
     assert MicroBatcher(guard, batch_tokens=1).budget == 1  # --batch-tokens wins
 
 
-def test_a_real_guard_runs_every_forward_pass_in_one_thread_warm_up_included(model_dir):
+@pytest.mark.parametrize("overlap", [False, True], ids=["cpu-default", "overlapped"])
+def test_a_real_guard_runs_every_forward_pass_in_one_thread_warm_up_included(model_dir, overlap):
     # Issue 18: a second thread that has run torch keeps a second OpenMP team and slows every pass.
     from crossguard_cli import Guard
 
@@ -376,7 +377,7 @@ def test_a_real_guard_runs_every_forward_pass_in_one_thread_warm_up_included(mod
         return logits(*args)
 
     model.logits = spy
-    batcher = MicroBatcher(guard, warm_up=True)
+    batcher = MicroBatcher(guard, warm_up=True, overlap=None if not overlap else True)
     batcher.start()
     assert len(threads) == 1 and threads[0] != threading.get_ident()  # warmed up before start returned
 

@@ -13,7 +13,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import closing
+from contextlib import closing, nullcontext
 from typing import Any
 
 from crossguard_cli.engine.decide import decide
@@ -123,27 +123,61 @@ def group_size_for(scorer: Scorer) -> int:
     return max(64, min(1024, scorer.batch_size * 4))
 
 
-def stream(scorer: Scorer, records: Iterable[Record], group_size: int | None = None, lock=None
-           ) -> Iterator[list[dict[str, Any]]]:
+def overlaps(scorer: Scorer) -> bool:
+    """Whether host work should run beside the model: yes unless every model runs on the CPU.
+
+    On a CPU the model's own threads use every core: tokenising or padding beside a forward pass
+    only slows it, and torch run from a second thread costs every pass more (measured: a lone
+    record of a stream, and the service at 32 clients, benchmarks/RESULTS.md, issue 18), while
+    the host's share of the work there is under 1%. A GPU runs while the host prepares the next
+    batch, so there the overlap is the point.
+    """
+    models = getattr(scorer, "models", None) or [scorer.model]
+    return not all(str(getattr(m, "device", "cpu")).startswith("cpu") for m in models)
+
+
+def stream(scorer: Scorer, records: Iterable[Record], group_size: int | None = None, lock=None,
+           overlap: bool | None = None) -> Iterator[list[dict[str, Any]]]:
     """Output records, a group at a time (write and flush each group before the next).
 
-    Groups go through `pipelined`: the next groups are tokenised and padded, and the model runs,
-    while the caller writes this one. `lock` is taken around each forward pass.
+    With `overlap` (None: `overlaps(scorer)`), groups go through `pipelined`: the next groups are
+    tokenised and padded, and the model runs, while the caller writes this one; else each group
+    is scored in the caller's thread in turn. `lock` is taken around each forward pass.
     """
     size = group_size or group_size_for(scorer)
     cancel = threading.Event()
     grouped = groups(records, size, first=min(size, FIRST_GROUP), cancel=cancel)
     # Closing stops (and joins) the threads when the caller stops early.
-    with closing(score_groups(scorer, grouped, lock, stop=cancel)) as scored:
+    with closing(score_groups(scorer, grouped, lock, stop=cancel, overlap=overlap)) as scored:
         yield from scored
 
 
-def score_groups(scorer: Scorer, grouped: Iterable[list[Record]], lock=None, stop: threading.Event | None = None
-                 ) -> Iterator[list[dict[str, Any]]]:
-    """Output records for each group the caller forms, in order, through `pipelined`: the next
-    groups are tokenised and padded while the model runs this one. `stream` forms groups from a
-    reader; the service forms them from the requests waiting."""
-    def finish(group: list[Record], prepared) -> list[dict[str, Any]]:
-        return records_for(scorer, group, scorer.finish(prepared))
+def score_groups(scorer: Scorer, grouped: Iterable[list[Record]], lock=None, stop: threading.Event | None = None,
+                 overlap: bool | None = None) -> Iterator[list[dict[str, Any]]]:
+    """Output records for each group the caller forms, in order. With `overlap` (None:
+    `overlaps(scorer)`) through `pipelined`, the next groups tokenised and padded while the model
+    runs this one; else in the caller's thread, in turn. `stream` forms groups from a reader; the
+    service forms them from the requests waiting. `stop` is set when the groups end."""
+    if overlap is None:
+        overlap = overlaps(scorer)
+    if overlap:
+        def finish(group: list[Record], prepared) -> list[dict[str, Any]]:
+            return records_for(scorer, group, scorer.finish(prepared))
 
-    return pipelined(scorer, grouped, finish, lock, stop=stop)
+        return pipelined(scorer, grouped, finish, lock, stop=stop)
+    return _in_turn(scorer, grouped, lock, stop)
+
+
+def _in_turn(scorer: Scorer, grouped: Iterable[list[Record]], lock, stop: threading.Event | None
+             ) -> Iterator[list[dict[str, Any]]]:
+    try:
+        for group in grouped:
+            with lock or nullcontext():
+                out = score_records(scorer, group)
+            yield out
+    finally:
+        if stop is not None:
+            stop.set()
+        close = getattr(grouped, "close", None)
+        if close is not None:  # stops the reader thread behind `grouped`
+            close()

@@ -71,6 +71,8 @@ class MicroBatcher:
         metrics: a `Metrics`, or None.
         warm_up: score one prompt through the pipeline before `start` returns, so lazy
             initialisation is paid before the first request.
+        overlap: `Guard.pipeline`'s: tokenise the next round while the model runs this one
+            (None: unless the model runs on the CPU).
 
     Torch runs in the pipeline's device thread only, warm-up included: a second thread that has
     run torch's OpenMP kernels (the main thread warming up, say) keeps a second OpenMP team
@@ -81,8 +83,9 @@ class MicroBatcher:
 
     def __init__(self, guard: Guard, *, batch_wait_ms: float = 5.0, batch_tokens: int | None = None,
                  max_queue: int = 512, rules_path: str | None = None, metrics: Any = None,
-                 warm_up: bool = False) -> None:
+                 warm_up: bool = False, overlap: bool | None = None) -> None:
         self.guard = guard
+        self.overlap = overlap
         self.warm_up = warm_up
         self._warmed = threading.Event()
         self.rules_path = rules_path
@@ -230,7 +233,7 @@ class MicroBatcher:
         inflight: collections.deque[tuple[list[Job] | None, float]] = collections.deque()
         stop = threading.Event()
         try:
-            for results in guard.pipeline(self._rounds(guard, inflight, stop, warm), stop):
+            for results in guard.pipeline(self._rounds(guard, inflight, stop, warm), stop, self.overlap):
                 with self._cond:
                     jobs, started = inflight.popleft()
                     self._cond.notify()  # one group fewer in flight: the next round may be taken
