@@ -1,6 +1,8 @@
 """How much can batching gain on this device? Per-pair cost of raw forward passes at batch 1, 8, 32.
 
     python benchmarks/batch_gain.py --shape modernbert-68m --tokens 160,64
+    python benchmarks/batch_gain.py --shape qwen2.5-0.5b-12 --tokens 160,64   (a classifier shape of
+                                                                           bench_classifiers.py)
 
 The ceiling for micro-batching (`crossguard serve`): pairs of equal length, no padding, the
 model's forward pass alone (torch, fp32, random weights of the real shape, std 0.02). The ratio
@@ -46,8 +48,15 @@ def main() -> None:
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    folder = work.model_folder(args.shape, work.ROOT / ".bench")
+    if args.shape in work.ARCH:
+        folder = work.model_folder(args.shape, work.ROOT / ".bench")
+    else:  # a classifier shape, SHAPE-LABELS (bench_classifiers.py builds it the same way)
+        from bench_classifiers import classifier_folder
+
+        folder, _ = classifier_folder(args.shape, work.ROOT / ".bench")
     model = AutoModelForSequenceClassification.from_pretrained(str(folder), dtype=torch.float32).eval()
+    if model.config.pad_token_id is None:  # a decoder classifier (DuoGuard's shape) pads with eos
+        model.config.pad_token_id = model.config.eos_token_id
     batches = [int(b) for b in args.batches.split(",")]
     print(f"# {args.shape}, fp32, torch {torch.__version__}, {torch.get_num_threads()} threads; ms per pair "
           f"(best of {args.repeat})\n")

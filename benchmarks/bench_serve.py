@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 from crossguard_cli.serve.testing import ServerProcess  # noqa: E402
 
 SHORT = "hi there"
+KEEP_ALIVE_S = 4.0  # uvicorn closes a keep-alive connection after 5 s idle
 ONE_RULE = ("version: 1\nrules:\n  - name: jailbreak\n"
             "    hypothesis: The prompt tries to make the assistant ignore its rules.\n")
 
@@ -90,6 +91,10 @@ def paired(guard, server: ServerProcess, prompts: list[str]) -> tuple[dict, dict
         guard.check(text)
         inproc.append(time.perf_counter() - t)
         body = json.dumps({"input": text}).encode()
+        if time.perf_counter() - t > KEEP_ALIVE_S:  # the server closes a connection idle this long
+            conn.close()
+            conn = http.client.HTTPConnection(server.host, server.port, timeout=600)
+            conn.connect()  # outside the timed request, as a pooled client's open connection
         t = time.perf_counter()
         conn.request("POST", "/v1/moderations", body, {"Content-Type": "application/json"})
         resp = conn.getresponse()

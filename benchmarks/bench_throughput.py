@@ -17,6 +17,11 @@ long prompts included) against every hypothesis of the default rules. Models are
 folders with real shapes and a real 30,522-piece vocabulary, built once under --cache. Also printed:
 `crossguard --help` time (best of 5), the memory of `crossguard batch` on N and 4N records, and on
 CUDA the bf16 matmul rate and model-FLOPs utilisation. Nothing is downloaded.
+
+Classifier rules (DuoGuard's Qwen2.5-0.5B shape, Prompt Guard's DeBERTa-v3-base shape) have rows of
+their own, against `pipeline("text-classification", top_k=None)` and a plain batch-32 loop, and the
+cost of a mixed NLI + classifier file against its halves: `python benchmarks/bench_classifiers.py`
+(it shares this file's helpers).
 """
 
 from __future__ import annotations

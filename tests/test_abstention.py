@@ -124,3 +124,27 @@ def test_serve_check_carries_abstain(heads, tmp_path):
         status, _, body = srv.post("/v1/check", {"input": "hello there"})
     assert status == 200, body
     assert body["results"][0]["scores"] == want["scores"] and "abstain" in want["scores"]["rude"]
+
+
+def test_abstain_rides_with_the_deciding_window_and_hypothesis():
+    """A long prompt's rule takes its best window (per deciding label) and best hypothesis; the
+    abstention probability in the record is that same pair's, never another window's."""
+    from crossguard_cli.engine.reduce import best_scores
+
+    ruleset = parse_rules("version: 1\nrules:\n  - name: a\n    hypotheses: [h one, h two]\n"
+                          "  - name: b\n    hypothesis: h one\n    label: contradiction\n", "<t>")
+    # One prompt, hypotheses h one (3 windows) then h two (3 windows); columns E, N, C, uncertain.
+    prompt = np.zeros(6, dtype=np.int64)
+    hypothesis = np.array([0, 0, 0, 1, 1, 1])
+    probs = np.array([[0.2, 0.1, 0.7, 0.11],
+                      [0.6, 0.1, 0.3, 0.12],  # h one's best entailment window
+                      [0.1, 0.1, 0.8, 0.13],  # h one's best contradiction window
+                      [0.5, 0.2, 0.3, 0.21],
+                      [0.9, 0.0, 0.1, 0.22],  # the best entailment of all: rule a decides here
+                      [0.9, 0.05, 0.05, 0.23]])  # a tie, later window: the earlier one wins
+    (scores,) = best_scores(ruleset, 1, prompt, hypothesis, probs, np.zeros(6, dtype=bool),
+                            np.zeros(1, dtype=bool), "float32")
+    a, b = scores.rules["a"], scores.rules["b"]
+    assert (a.entailment, a.hypothesis, a.abstain) == (0.9, 1, 0.22)
+    assert (b.contradiction, b.hypothesis, b.abstain) == (0.8, 0, 0.13)
+    assert scores.windows == 3

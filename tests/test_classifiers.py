@@ -141,6 +141,30 @@ def test_long_prompts_take_each_rules_best_window(classifier_dirs, refs, moderat
     assert capped.to_dict()["truncated"] is True
 
 
+def test_a_classifier_out_of_memory_halves_its_batches_and_keeps_the_scores(classifier_dirs, refs,
+                                                                            moderation_records):
+    guard = Guard(parse_rules(classifier_only(classifier_dirs, "bert"), "<t>"), device="cpu", dtype="float32",
+                  batch_size=8)
+    scorer = guard._scorer
+    scorer.similar = 0.0  # budget-only batches, so the first pass holds 8 rows
+    real = scorer.model.logits
+    sizes = []
+
+    def tight(ids, mask, types):
+        sizes.append(len(ids))
+        if len(ids) > 2:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes")
+        return real(ids, mask, types)
+
+    scorer.model.logits = tight
+    prompts = [r["prompt"] for r in moderation_records[:8] if len(r["prompt"]) < 400]
+    got = [r.scores["r"]["probability"] for r in guard.check_many(prompts)]
+    fit = next(i for i, n in enumerate(sizes) if n <= 2)
+    assert sizes[0] == len(prompts) and sizes[1] == len(prompts) // 2 and max(sizes[fit:]) <= 2  # halved
+    assert scorer.stats["out_of_memory"] >= 1 and scorer.batch_size <= 2  # kept for the rest of the run
+    assert got == pytest.approx([refs["bert"].score(p)[1] for p in prompts], abs=TOL)
+
+
 def test_one_forward_pass_per_distinct_prompt_window_shared_by_its_rules(tmp_path, model_dir, classifier_dirs):
     path = tmp_path / "rules.yaml"
     path.write_text(mixed_rules(model_dir, classifier_dirs))
@@ -280,10 +304,23 @@ def test_eval_measures_and_tunes_classifier_rules(run_cli, mixed_file, tmp_path)
                              str(out_rules))
     assert code == 0, err
     report = json.loads(out)
-    names = json.dumps(report)
-    assert "injection" in names
+    (row,) = [r for r in report["rules"] if r["name"] == "injection"]
+    # The same figures from the records `batch` writes, decided at the rule's threshold by hand.
+    code, scored, err = run_cli("batch", str(data), "-r", str(mixed_file), "--format", "jsonl", "--exit-zero")
+    assert code == 0, err
+    probs = [json.loads(line)["scores"]["injection"]["probability"] for line in scored.splitlines()]
+    truth = [bool(r["labels"]) for r in rows]
+    fired = [p >= 100 * row["threshold"] for p in probs]
+    tp = sum(f and t for f, t in zip(fired, truth, strict=True))
+    fp = sum(f and not t for f, t in zip(fired, truth, strict=True))
+    fn = sum(t and not f for f, t in zip(fired, truth, strict=True))
+    assert row["recall"] == pytest.approx(tp / (tp + fn), abs=1e-6)
+    if tp + fp:
+        assert row["precision"] == pytest.approx(tp / (tp + fp), abs=1e-6)
     tuned = parse_rules(out_rules.read_text(), str(out_rules))
     assert [r.classifier for r in tuned.rules] == [None, "duo", "duo", "inj"]  # the file kept its kinds
+    (written,) = [r for r in tuned.rules if r.name == "injection"]
+    assert written.threshold == pytest.approx(row["best_f1_threshold"], abs=1e-4)  # the suggestion, written
 
 
 def test_presets_validate_and_load_from_a_hub_cache(tmp_path):

@@ -218,3 +218,26 @@ def test_normalising_looks_each_distinct_character_up_once(moderation_records):
         "".join(chr(c) for c in range(0x80, 0x3000))]
     assert sum(not t.isascii() for t in texts) > 100
     assert [normalize_text(t) for t in texts] == [by_character(t) for t in texts]
+
+
+def test_a_lone_record_after_a_quiet_spell_is_grouped_at_once():
+    """`tail -f`: the first group waits `idle` for company; a record that comes after the input was
+    quiet for longer than `idle` is yielded at once, not `idle` later (issue 18)."""
+    from crossguard_cli.engine.stream import groups
+
+    idle = 1.0
+    sent: list[float] = []
+
+    def source():
+        sent.append(time.monotonic())
+        yield Record("t", 1, text="first")
+        time.sleep(idle * 1.5)  # quiet for longer than idle
+        sent.append(time.monotonic())
+        yield Record("t", 2, text="lone")
+
+    got = []
+    for group in groups(source(), size=64, idle=idle):
+        got.append(([r.text for r in group], time.monotonic()))
+    assert [texts for texts, _ in got] == [["first"], ["lone"]]
+    assert got[0][1] - sent[0] >= idle * 0.9  # the start of a stream waits for company
+    assert got[1][1] - sent[1] < idle / 2  # the lone record does not

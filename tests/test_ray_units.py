@@ -115,3 +115,19 @@ def test_ray_actors_takes_n_or_min_max(value, expected):
 def test_ray_actors_refuses_anything_else(value):
     with pytest.raises(UsageError, match="--ray-actors"):
         parse_actors(value)
+
+
+def test_workers_get_absolute_model_and_encoder_folders(tmp_path, monkeypatch):
+    """A heads model's `--encoder` folder, like the model's, must mean the same on every node."""
+    from crossguard_cli.engine.options import EngineOptions
+    from crossguard_cli.rules import load_rules
+    from crossguard_cli.scale.job import _portable
+
+    (tmp_path / "heads").mkdir()
+    (tmp_path / "encoder").mkdir()
+    monkeypatch.chdir(tmp_path)
+    out = _portable(EngineOptions(model="heads", encoder="encoder"), load_rules(None))
+    assert out.model == str(tmp_path / "heads") and out.encoder == str(tmp_path / "encoder")
+    assert out.rules is None  # the rules travel loaded, never as a path
+    hub = _portable(EngineOptions(model="org/heads-model", encoder="org/encoder"), load_rules(None))
+    assert (hub.model, hub.encoder) == ("org/heads-model", "org/encoder")  # hub ids stay as they are

@@ -7,6 +7,7 @@ decisions, writers) depend on the shape, not on YAML parsing.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -79,10 +80,10 @@ class RuleSet:
         rules = tuple(dataclasses.replace(r, threshold=float(threshold)) for r in self.rules)
         return dataclasses.replace(self, rules=rules)
 
-    @property
+    @functools.cached_property
     def hypotheses(self) -> tuple[str, ...]:
         """Every distinct hypothesis in file order: each is scored once per prompt, however
-        many rules share it."""
+        many rules share it. (Computed once: the service sizes every request with it.)"""
         return tuple(dict.fromkeys(h for rule in self.rules for h in rule.hypotheses))
 
     @property

@@ -5,9 +5,10 @@ worker takes every request waiting, up to a token budget (a *round*), and hands 
 `Guard.pipeline` as one group, or, when the round is more than one forward pass, as groups of
 requests of similar length, shortest first (`sizing.py`): on a CPU, padding a short prompt to a
 long one's length costs more than scoring them together saves, and short requests are not kept
-waiting behind long ones. The pipeline tokenises the next round while the model runs this one
-and builds the last one's answers meanwhile, so on a fast device (a GPU) the host's work never
-leaves the device idle: the next round is gathered from what arrived while the device worked.
+waiting behind long ones. On a GPU the pipeline tokenises the next round while the model runs
+this one and builds the last one's answers meanwhile, so the host's work never leaves the device
+idle: the next round is gathered from what arrived while the device worked. On a CPU, where the
+model's threads use every core, the worker scores each round in its own thread, in turn.
 
 Gathering never delays an idle server: a lone request is scored at once. The worker waits (at
 most `batch_wait_ms`) only when more is on its way: requests whose bodies are being received,
@@ -32,31 +33,14 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from crossguard_cli.api import Guard
-from crossguard_cli.errors import CrossguardError
 from crossguard_cli.records.inputs import Record, record_from_text
-from crossguard_cli.serve.jobs import Job, QueueFull, ScoringFailed, Unavailable, deliver
+from crossguard_cli.serve.jobs import Job, QueueFull, ScoringFailed, Ticket, Unavailable, deliver
+from crossguard_cli.serve.reload import reloaded
 from crossguard_cli.serve.sizing import estimate_tokens, passes, round_budget
 
 log = logging.getLogger("crossguard_cli.serve")
 POLL = 0.1  # seconds: how often a waiting worker looks at the pipeline's stop event
 WARM_UP = "warm-up"
-
-
-class Ticket:
-    """An announced request: while it is open, the worker knows one more request is on its way."""
-
-    def __init__(self, batcher: MicroBatcher) -> None:
-        self._batcher = batcher
-        self.open = True
-
-    def submit(self, records: list[Record]) -> asyncio.Future:
-        """Queue the request's inputs; the future gives `(guard, results)`.
-
-        Raises:
-            QueueFull: no room for these inputs now.
-            Unavailable: the worker is not running.
-        """
-        return self._batcher._submit(records, self)
 
 
 class MicroBatcher:
@@ -256,8 +240,9 @@ class MicroBatcher:
 
     def _rounds(self, guard: Guard, inflight: collections.deque, stop: threading.Event, warm: bool
                 ) -> Iterator[list[Record]]:
-        """The pipeline's groups (run in its prepare thread): each round's requests, noted in
-        `inflight` in the order they are yielded, so answers find their requests."""
+        """The pipeline's groups (read by its prepare thread, or by the worker itself in turn on a
+        CPU): each round's requests, noted in `inflight` in the order they are yielded, so answers
+        find their requests."""
         try:
             if warm:
                 inflight.append((None, time.perf_counter()))
@@ -344,34 +329,12 @@ class MicroBatcher:
                     self._scoring -= len(job.records)
 
     def _reload(self) -> None:
-        where = self.rules_path or "the packaged rules"
-        try:
-            new = self.guard.with_rules(self.rules_path)
-        except CrossguardError as exc:
-            log.error("rules reload refused: %s; the rules in force stay", exc)
-            self._count_reload("error")
-            return
-        except Exception as exc:  # noqa: BLE001 - a reload must never take the service down
-            log.error("rules reload refused: %s: %s; the rules in force stay", type(exc).__name__,
-                      " ".join(str(exc).split()))
-            self._count_reload("error")
-            return
-        if not self.guard.options.model:  # the model came from the rules file: has its `model:` changed?
-            from crossguard_cli.engine.models.loader import model_name
-
-            wanted = model_name(None, new.rules, self.rules_path)
-            if wanted != self.guard.model_name:
-                log.warning("the rules file now names model %r; the service keeps %r until it is restarted",
-                            wanted, self.guard.model_name)
-        self.guard = new  # one assignment: a request sees the old Guard or the new, never a mix
-        self.loaded_at = time.time()
-        count = len(new.rules.rules)
-        log.info("rules reloaded from %s: %d rule%s", where, count, "" if count == 1 else "s")
-        self._count_reload("ok")
-
-    def _count_reload(self, result: str) -> None:
+        new = reloaded(self.guard, self.rules_path)
+        if new is not None:
+            self.guard = new  # one assignment: a request sees the old Guard or the new, never a mix
+            self.loaded_at = time.time()
         if self.metrics is not None:
-            self.metrics.reloads.labels(result=result).inc()
+            self.metrics.reloads.labels(result="error" if new is None else "ok").inc()
 
 
 __all__ = ["Job", "MicroBatcher", "QueueFull", "ScoringFailed", "Ticket", "Unavailable"]

@@ -45,6 +45,23 @@ class Job:
     taken: bool = False  # off the queue and counted in `scoring` until answered
 
 
+class Ticket:
+    """An announced request: while it is open, the worker knows one more request is on its way."""
+
+    def __init__(self, batcher: Any) -> None:
+        self._batcher = batcher
+        self.open = True
+
+    def submit(self, records: list[Record]) -> asyncio.Future:
+        """Queue the request's inputs; the future gives `(guard, results)`.
+
+        Raises:
+            QueueFull: no room for these inputs now.
+            Unavailable: the worker is not running.
+        """
+        return self._batcher._submit(records, self)
+
+
 def deliver(job: Job, value: Any = None, error: BaseException | None = None) -> None:
     """Settle the job's future on its event loop (thread-safe); a request that went away is skipped."""
     def settle() -> None:
@@ -59,4 +76,4 @@ def deliver(job: Job, value: Any = None, error: BaseException | None = None) -> 
         job.loop.call_soon_threadsafe(settle)
 
 
-__all__ = ["Job", "QueueFull", "ScoringFailed", "Unavailable", "deliver"]
+__all__ = ["Job", "QueueFull", "ScoringFailed", "Ticket", "Unavailable", "deliver"]

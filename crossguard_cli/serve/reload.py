@@ -35,6 +35,33 @@ def sighup_handler(loop: asyncio.AbstractEventLoop, batcher: Any, path: str | No
     return handler
 
 
+def reloaded(guard: Any, path: str | None) -> Any:
+    """The Guard for the rules file as it is now (sharing `guard`'s model), or None, logged in one
+    line, when the file is bad: the rules in force stay. Never raises: a reload must never take
+    the service down."""
+    from crossguard_cli.errors import CrossguardError
+
+    try:
+        new = guard.with_rules(path)
+    except CrossguardError as exc:
+        log.error("rules reload refused: %s; the rules in force stay", exc)
+        return None
+    except Exception as exc:  # noqa: BLE001
+        log.error("rules reload refused: %s: %s; the rules in force stay", type(exc).__name__,
+                  " ".join(str(exc).split()))
+        return None
+    if not guard.options.model:  # the model came from the rules file: has its `model:` changed?
+        from crossguard_cli.engine.models.loader import model_name
+
+        wanted = model_name(None, new.rules, path)
+        if wanted != guard.model_name:
+            log.warning("the rules file now names model %r; the service keeps %r until it is restarted",
+                        wanted, guard.model_name)
+    count = len(new.rules.rules)
+    log.info("rules reloaded from %s: %d rule%s", path or "the packaged rules", count, "" if count == 1 else "s")
+    return new
+
+
 def _stamp(path: str) -> tuple[int, int, int] | None:
     try:
         st = os.stat(path)
@@ -62,4 +89,4 @@ async def watch(path: str, batcher: Any, interval: float = POLL_SECONDS) -> None
         batcher.request_reload()
 
 
-__all__ = ["POLL_SECONDS", "sighup_handler", "watch"]
+__all__ = ["POLL_SECONDS", "reloaded", "sighup_handler", "watch"]
